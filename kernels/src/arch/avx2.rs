@@ -1,0 +1,187 @@
+//! The AVX2 + FMA path: 8 f32 lanes.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::simd::{Simd, exp_consts as E};
+
+/// Token proving AVX2 and FMA are available.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2 {
+    _private: (),
+}
+
+impl Avx2 {
+    /// The token, if this CPU has AVX2 and FMA.
+    pub(crate) fn try_new() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Self { _private: () });
+        }
+        None
+    }
+}
+
+/// Evaluates an AVX2/FMA intrinsic that takes no pointers.
+macro_rules! v {
+    ($e:expr) => {
+        // SAFETY: an `Avx2` token exists only after `try_new` found avx2 and fma on this CPU,
+        // and the intrinsic reads no memory.
+        unsafe { $e }
+    };
+}
+
+/// Mask vector for `_mm256_mask{load,store}_ps`: lanes below `n` have the sign bit set.
+#[inline(always)]
+fn tail_mask(n: usize) -> __m256i {
+    debug_assert!(n < 8);
+    v!(_mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
+    ))
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx2 {
+    const LANES: usize = 8;
+    type V = __m256;
+    type Acc64 = [__m256d; 2];
+
+    #[inline(always)]
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx2,fma")]
+        fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the token proves the features `run` is compiled for.
+        unsafe { run(f) }
+    }
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m256 {
+        v!(_mm256_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable floats at `p`.
+        unsafe { _mm256_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m256 {
+        // SAFETY: masked-off lanes are not accessed, and the caller guarantees the first `n`
+        // are readable.
+        unsafe { _mm256_maskload_ps(p, tail_mask(n)) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const u16) -> __m256 {
+        // SAFETY: the caller guarantees 8 readable u16 at `p` (16 bytes); widening and shifting
+        // by 16 is the exact bf16 → f32 conversion.
+        unsafe {
+            let h = _mm_loadu_si128(p as *const __m128i);
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m256) {
+        // SAFETY: the caller guarantees 8 writable floats at `p`.
+        unsafe { _mm256_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize, v: __m256) {
+        // SAFETY: masked-off lanes are not written, and the caller guarantees the first `n`
+        // are writable.
+        unsafe { _mm256_maskstore_ps(p, tail_mask(n), v) }
+    }
+
+    #[inline(always)]
+    fn fmadd(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        v!(_mm256_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        v!(_mm256_add_ps(a, b))
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        v!(_mm256_sub_ps(a, b))
+    }
+    #[inline(always)]
+    fn mul(self, a: __m256, b: __m256) -> __m256 {
+        v!(_mm256_mul_ps(a, b))
+    }
+    #[inline(always)]
+    fn max(self, a: __m256, b: __m256) -> __m256 {
+        v!(_mm256_max_ps(a, b))
+    }
+    #[inline(always)]
+    fn reduce_add(self, v: __m256) -> f32 {
+        v!({
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        })
+    }
+    #[inline(always)]
+    fn reduce_max(self, v: __m256) -> f32 {
+        v!({
+            let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_max_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        })
+    }
+
+    #[inline(always)]
+    fn exp(self, x: __m256) -> __m256 {
+        v!({
+            let x = _mm256_min_ps(_mm256_set1_ps(E::HI), _mm256_max_ps(_mm256_set1_ps(E::LO), x));
+            let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(x, _mm256_set1_ps(E::LOG2E)),
+            );
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(E::LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(E::LN2_LO), r);
+            let mut q = _mm256_set1_ps(E::Q[5]);
+            for c in E::Q[..5].iter().rev() {
+                q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(*c));
+            }
+            let p = _mm256_fmadd_ps(_mm256_mul_ps(r, r), q, r);
+            let p = _mm256_add_ps(p, _mm256_set1_ps(1.0));
+            // 2^n in two normal factors (n ∈ [−150, 129]) so that only the last multiply
+            // rounds, also into the subnormal range.
+            let n1 = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(n, _mm256_set1_ps(0.5)),
+            );
+            let n2 = _mm256_sub_ps(n, n1);
+            let pow2 = |k: __m256| {
+                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                    _mm256_cvtps_epi32(k),
+                    _mm256_set1_epi32(127),
+                )))
+            };
+            _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2))
+        })
+    }
+
+    #[inline(always)]
+    fn acc64_zero(self) -> [__m256d; 2] {
+        v!([_mm256_setzero_pd(), _mm256_setzero_pd()])
+    }
+    #[inline(always)]
+    fn acc64_add(self, acc: [__m256d; 2], v: __m256) -> [__m256d; 2] {
+        v!({
+            let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+            let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+            [_mm256_add_pd(acc[0], lo), _mm256_add_pd(acc[1], hi)]
+        })
+    }
+    #[inline(always)]
+    fn acc64_reduce(self, acc: [__m256d; 2]) -> f64 {
+        v!({
+            let s = _mm256_add_pd(acc[0], acc[1]);
+            let s = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd::<1>(s));
+            _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)))
+        })
+    }
+}

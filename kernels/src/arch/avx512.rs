@@ -1,0 +1,165 @@
+//! The AVX-512F path: 16 f32 lanes, masked tails, `vscalefps` for exact exponent scaling.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::simd::{Simd, exp_consts as E};
+
+/// Token proving AVX-512F (and the AVX2/FMA it implies) is available.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512 {
+    _private: (),
+}
+
+impl Avx512 {
+    /// The token, if this CPU has AVX-512F.
+    pub(crate) fn try_new() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Self { _private: () });
+        }
+        None
+    }
+}
+
+/// Evaluates an AVX-512 intrinsic that takes no pointers.
+macro_rules! v {
+    ($e:expr) => {
+        // SAFETY: an `Avx512` token exists only after `try_new` found avx512f/avx2/fma on this
+        // CPU, and the intrinsic reads no memory.
+        unsafe { $e }
+    };
+}
+
+/// Lane mask with the low `n` bits set (`n < 16`).
+#[inline(always)]
+fn tail_mask(n: usize) -> __mmask16 {
+    debug_assert!(n < 16);
+    ((1u32 << n) - 1) as __mmask16
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type V = __m512;
+    type Acc64 = [__m512d; 2];
+
+    #[inline(always)]
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn run<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the token proves the features `run` is compiled for.
+        unsafe { run(f) }
+    }
+
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        v!(_mm512_set1_ps(x))
+    }
+    #[inline(always)]
+    unsafe fn load(self, p: *const f32) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable floats at `p`; the token proves avx512f.
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> __m512 {
+        // SAFETY: masked-off lanes are not accessed (no fault), and the caller guarantees the
+        // first `n` are readable.
+        unsafe { _mm512_maskz_loadu_ps(tail_mask(n), p) }
+    }
+    #[inline(always)]
+    unsafe fn load_bf16(self, p: *const u16) -> __m512 {
+        // SAFETY: the caller guarantees 16 readable u16 at `p` (32 bytes); bf16 is the upper
+        // half of an f32, so widening and shifting by 16 is the exact conversion.
+        unsafe {
+            let h = _mm256_loadu_si256(p as *const __m256i);
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32, v: __m512) {
+        // SAFETY: the caller guarantees 16 writable floats at `p`.
+        unsafe { _mm512_storeu_ps(p, v) }
+    }
+    #[inline(always)]
+    unsafe fn store_partial(self, p: *mut f32, n: usize, v: __m512) {
+        // SAFETY: masked-off lanes are not written, and the caller guarantees the first `n`
+        // are writable.
+        unsafe { _mm512_mask_storeu_ps(p, tail_mask(n), v) }
+    }
+
+    #[inline(always)]
+    fn fmadd(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        v!(_mm512_fmadd_ps(a, b, c))
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_add_ps(a, b))
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_sub_ps(a, b))
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_mul_ps(a, b))
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_max_ps(a, b))
+    }
+    #[inline(always)]
+    fn reduce_add(self, v: __m512) -> f32 {
+        v!(_mm512_reduce_add_ps(v))
+    }
+    #[inline(always)]
+    fn reduce_max(self, v: __m512) -> f32 {
+        v!(_mm512_reduce_max_ps(v))
+    }
+
+    #[inline(always)]
+    fn exp(self, x: __m512) -> __m512 {
+        v!({
+            // max(LO, x) returns x when x is NaN, so NaN survives the clamp.
+            let x = _mm512_min_ps(_mm512_set1_ps(E::HI), _mm512_max_ps(_mm512_set1_ps(E::LO), x));
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(E::LOG2E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(E::LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(E::LN2_LO), r);
+            let mut q = _mm512_set1_ps(E::Q[5]);
+            for c in E::Q[..5].iter().rev() {
+                q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(*c));
+            }
+            // e^r = 1 + r + r²·q(r), added small-to-large.
+            let p = _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r);
+            let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
+            // p · 2^n with one rounding, including into the subnormal range and to ±0/+∞.
+            _mm512_scalef_ps(p, n)
+        })
+    }
+
+    #[inline(always)]
+    fn acc64_zero(self) -> [__m512d; 2] {
+        v!([_mm512_setzero_pd(), _mm512_setzero_pd()])
+    }
+    #[inline(always)]
+    fn acc64_add(self, acc: [__m512d; 2], v: __m512) -> [__m512d; 2] {
+        v!({
+            let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+            let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(v),
+            )));
+            [_mm512_add_pd(acc[0], lo), _mm512_add_pd(acc[1], hi)]
+        })
+    }
+    #[inline(always)]
+    fn acc64_reduce(self, acc: [__m512d; 2]) -> f64 {
+        v!(_mm512_reduce_add_pd(_mm512_add_pd(acc[0], acc[1])))
+    }
+}

@@ -1,0 +1,101 @@
+//! The vector vocabulary every kernel is written against.
+
+/// One SIMD instruction set, as a zero-sized token. Holding a value proves the CPU supports the
+/// set, so the safe methods below may execute its instructions.
+///
+/// All methods are `#[inline(always)]` in the implementations: they are meant to disappear into
+/// the body run under [`Simd::vectorize`], which is compiled with the ISA's target features.
+pub(crate) trait Simd: Copy + Send + Sync + 'static {
+    /// f32 lanes per vector.
+    const LANES: usize;
+    /// One vector of f32.
+    type V: Copy;
+    /// An f64 accumulator for sums of vectors that must not lose precision.
+    type Acc64: Copy;
+
+    /// Runs `f` in a function compiled with this ISA's target features, so that the vocabulary
+    /// inlined into `f` turns into the ISA's instructions.
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R;
+
+    /// All lanes `x`.
+    fn splat(self, x: f32) -> Self::V;
+    /// All lanes zero.
+    fn zero(self) -> Self::V {
+        self.splat(0.0)
+    }
+    /// `LANES` floats from `p`, unaligned.
+    ///
+    /// # Safety
+    /// `p .. p + LANES` must be readable.
+    unsafe fn load(self, p: *const f32) -> Self::V;
+    /// The first `n < LANES` floats from `p`; the other lanes are zero.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be readable.
+    unsafe fn load_partial(self, p: *const f32, n: usize) -> Self::V;
+    /// `LANES` bf16 values from `p`, widened to f32 (exact).
+    ///
+    /// # Safety
+    /// `p .. p + LANES` must be readable.
+    unsafe fn load_bf16(self, p: *const u16) -> Self::V;
+    /// Stores all lanes at `p`, unaligned.
+    ///
+    /// # Safety
+    /// `p .. p + LANES` must be writable.
+    unsafe fn store(self, p: *mut f32, v: Self::V);
+    /// Stores the first `n < LANES` lanes at `p`.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be writable.
+    unsafe fn store_partial(self, p: *mut f32, n: usize, v: Self::V);
+
+    /// `a * b + c`, fused (one rounding) on the AVX paths; the portable path fuses only when
+    /// the build enables FMA.
+    fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a + b`.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a - b`.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b`.
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise maximum. Where exactly one operand is NaN the result is `b`'s lane
+    /// (x86 `maxps` semantics on every path), so callers put the running value in `a`.
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Sum of all lanes.
+    fn reduce_add(self, v: Self::V) -> f32;
+    /// Maximum of all lanes (NaN lanes may be ignored).
+    fn reduce_max(self, v: Self::V) -> f32;
+
+    /// `exp(x)` lane-wise; see [`crate::exp`] for the algorithm and its error bound.
+    fn exp(self, x: Self::V) -> Self::V;
+
+    /// An all-zero f64 accumulator.
+    fn acc64_zero(self) -> Self::Acc64;
+    /// `acc + v`, with `v` widened to f64 first.
+    fn acc64_add(self, acc: Self::Acc64, v: Self::V) -> Self::Acc64;
+    /// Sum of the accumulator's lanes.
+    fn acc64_reduce(self, acc: Self::Acc64) -> f64;
+}
+
+/// Constants of the vectorised `exp`, shared by every path so that all paths compute the same
+/// function (up to FMA fusion on the portable path).
+pub(crate) mod exp_consts {
+    /// Inputs are clamped to `[LO, HI]` first: exp(−104) rounds to +0 and exp(89) overflows to
+    /// +∞, so the clamp changes no result and keeps the exponent arithmetic in range.
+    pub const LO: f32 = -104.0;
+    pub const HI: f32 = 89.0;
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 split so that `n * LN2_HI` is exact for |n| ≤ 2^8 (Cody–Waite).
+    pub const LN2_HI: f32 = 0.693_145_75;
+    pub const LN2_LO: f32 = 1.428_606_8e-6;
+    /// Taylor coefficients of `(e^r − 1 − r) / r²`, 1/2! … 1/7!: on |r| ≤ ln2/2 the truncation
+    /// error is 5e-9 relative, well under half an ulp.
+    pub const Q: [f32; 6] = [
+        1.0 / 2.0,
+        1.0 / 6.0,
+        1.0 / 24.0,
+        1.0 / 120.0,
+        1.0 / 720.0,
+        1.0 / 5040.0,
+    ];
+}

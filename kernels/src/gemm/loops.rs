@@ -1,0 +1,154 @@
+//! The BLIS loop nest around the micro-kernel, and its threading.
+//!
+//! ```text
+//! jc: n in steps of nc      pack B[pc.., jc..] → kc×nc (threads split the NR panels)
+//!  pc: k in steps of kc     pack A[.., pc..]   → m×kc  (threads split the MR panels)
+//!   ic × jr-chunk tasks     threads split the output into (mc rows × NR-panel range) tasks
+//!    jr: NR panels          B micro-panel stays in L1
+//!     ir: MR panels         A micro-panels stream from the L2-resident mc×kc block
+//!      micro-kernel
+//! ```
+//! The k loop (pc) is never split: every output element sees the same sequence of
+//! micro-kernel calls whatever the thread count, so results are bit-identical across thread
+//! counts. mc is always a multiple of MR and tasks start on MR/NR boundaries for that reason.
+
+use super::blocking::Blocking;
+use super::microkernel::{TileOut, microkernel};
+use super::pack::{Strided, pack_a_panel, pack_b_panel};
+use super::workspace::GemmWorkspace;
+use crate::arch::Simd;
+use crate::exec::{Exec, SharedMut};
+
+/// The strided output of a blocked product.
+#[derive(Clone, Copy)]
+pub(crate) struct Out {
+    pub c: SharedMut,
+    pub rsc: usize,
+    pub csc: usize,
+}
+
+/// How the m rows and the NR panels of an nc block are cut into tasks for `threads` threads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TaskGrid {
+    /// Rows per ic block (a multiple of MR).
+    pub mc: usize,
+    /// Number of ic blocks.
+    pub ic_blocks: usize,
+    /// Number of chunks the NR panels of one nc block are split into.
+    pub jr_chunks: usize,
+}
+
+impl TaskGrid {
+    pub(crate) fn new(blk: &Blocking, m: usize, n_panels: usize, threads: usize) -> Self {
+        let m_panels = m.div_ceil(blk.mr);
+        let mut ic_blocks = m.div_ceil(blk.mc);
+        if threads > 1 && m_panels >= threads {
+            // A multiple of the thread count, so no thread idles in the last round.
+            ic_blocks = ic_blocks.div_ceil(threads) * threads;
+        }
+        let ic_blocks = ic_blocks.clamp(1, m_panels.max(1));
+        let mc = m_panels.div_ceil(ic_blocks) * blk.mr;
+        let ic_blocks = m.div_ceil(mc).max(1);
+        let jr_chunks = if ic_blocks >= threads {
+            1
+        } else {
+            threads.div_ceil(ic_blocks).min(n_panels.max(1))
+        };
+        Self {
+            mc,
+            ic_blocks,
+            jr_chunks,
+        }
+    }
+}
+
+/// `C = α·A·B + β·C` for `m, n, k ≥ 1`, through packing and the micro-kernel.
+///
+/// # Safety
+/// `a` is readable on `m × k`, `b` on `k × n`, `out` readable and writable on `m × n` with
+/// pairwise distinct element addresses, and nothing else accesses `out` during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_blocked<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    exec: &Exec,
+    blk: &Blocking,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Strided,
+    b: Strided,
+    beta: f32,
+    out: Out,
+    ws: &mut GemmWorkspace,
+) {
+    debug_assert_eq!((blk.mr, blk.nv), (MR, NV));
+    let nr = NV * S::LANES;
+    let kc_max = blk.kc.min(k);
+    let nc_max = blk.nc.min(n.div_ceil(nr) * nr);
+    let m_panels = m.div_ceil(MR);
+    let a_buf = ws.a.get(m_panels * MR * kc_max);
+    let b_buf = ws.b.get(nc_max.div_ceil(nr) * nr * kc_max);
+
+    for jc in (0..n).step_by(blk.nc) {
+        let nc = blk.nc.min(n - jc);
+        let n_panels = nc.div_ceil(nr);
+        let grid = TaskGrid::new(blk, m, n_panels, exec.threads());
+        for pc in (0..k).step_by(blk.kc) {
+            let kc = blk.kc.min(k - pc);
+            let beta = if pc == 0 { beta } else { 1.0 };
+
+            exec.for_each_chunk_mut(&mut b_buf[..n_panels * kc * nr], kc * nr, |jp, dst| {
+                let cols = nr.min(nc - jp * nr);
+                let src = b.offset(pc, jc + jp * nr);
+                // SAFETY: the panel's rows pc..pc+kc and columns < cols lie inside `b`'s k × n.
+                s.vectorize(|| unsafe { pack_b_panel::<S, NV>(s, src, kc, cols, dst) });
+            });
+            exec.for_each_chunk_mut(&mut a_buf[..m_panels * MR * kc], MR * kc, |ip, dst| {
+                let rows = MR.min(m - ip * MR);
+                let src = a.offset(ip * MR, pc);
+                // SAFETY: rows ip·MR.. (< m) and columns pc..pc+kc lie inside `a`'s m × k.
+                unsafe { pack_a_panel::<MR>(src, rows, kc, dst) };
+            });
+
+            let (a_packed, b_packed) = (&a_buf[..], &b_buf[..]);
+            exec.for_each_index(grid.ic_blocks * grid.jr_chunks, |task| {
+                let (ic_index, chunk) = (task / grid.jr_chunks, task % grid.jr_chunks);
+                let ic = ic_index * grid.mc;
+                let rows = grid.mc.min(m - ic);
+                let jp_range = (chunk * n_panels / grid.jr_chunks)
+                    ..((chunk + 1) * n_panels / grid.jr_chunks);
+                s.vectorize(
+                    #[inline(always)]
+                    || {
+                        for jp in jp_range {
+                            let b_panel = b_packed[jp * kc * nr..].as_ptr();
+                            let cols = nr.min(nc - jp * nr);
+                            for ir in (0..rows).step_by(MR) {
+                                let ip = (ic + ir) / MR;
+                                let tile = TileOut {
+                                    c: out.c.at((ic + ir) * out.rsc + (jc + jp * nr) * out.csc),
+                                    rsc: out.rsc,
+                                    csc: out.csc,
+                                    rows: MR.min(rows - ir),
+                                    cols,
+                                    alpha,
+                                    beta,
+                                };
+                                // SAFETY: the packed panels hold MR·kc and kc·NR floats; the
+                                // tile lies inside C, and tasks own disjoint (ic, jr) ranges.
+                                unsafe {
+                                    microkernel::<S, MR, NV>(
+                                        s,
+                                        kc,
+                                        a_packed[ip * MR * kc..].as_ptr(),
+                                        b_panel,
+                                        tile,
+                                    )
+                                };
+                            }
+                        }
+                    },
+                );
+            });
+        }
+    }
+}

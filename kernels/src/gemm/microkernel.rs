@@ -1,0 +1,109 @@
+//! The MR×NR register-blocked micro-kernel: `C_tile := α·A_panel·B_panel + β·C_tile`.
+//!
+//! ```text
+//!                 B micro-panel: kc × NR (NV vectors per row, from L1)
+//!                 ┌──────────┬──────────┐
+//!                 │ b[p, 0..]│ b[p, 16..]│   ← loaded once per p
+//!                 └──────────┴──────────┘
+//!  A micro-panel  ┌─────────────────────┐
+//!  MR × kc        │ acc[0][0]  acc[0][1] │ ← a[0,p] broadcast, NV FMAs
+//!  (from L2,      │ acc[1][0]  acc[1][1] │
+//!   one broadcast │    …          …      │
+//!   per row)      │ acc[MR-1][0] …       │
+//!                 └─────────────────────┘
+//! ```
+//! The MR·NV accumulators stay in registers for the whole k loop (AVX-512: 12×2 = 24 of 32
+//! zmm). When β = 0, C is never read, so NaN or garbage in C cannot leak into the result.
+//! Full tiles of row-contiguous C are updated with vector loads and stores; edge tiles and
+//! other strides go through a small stack tile and are written element by element, so nothing
+//! outside the `rows × cols` tile is ever touched.
+
+use crate::arch::Simd;
+
+/// Where a micro-tile's results go.
+#[derive(Clone, Copy)]
+pub(crate) struct TileOut {
+    /// Element (0, 0) of the tile in C.
+    pub c: *mut f32,
+    pub rsc: usize,
+    pub csc: usize,
+    /// Valid rows and columns of the tile (≤ MR, ≤ NR).
+    pub rows: usize,
+    pub cols: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+/// Runs one micro-tile.
+///
+/// # Safety
+/// `a` holds `MR·kc` and `b` holds `kc·NV·LANES` readable floats (packed panels); `out.c` is
+/// valid for reads and writes at every `(i, j)` with `i < rows`, `j < cols`, and no other
+/// thread accesses those elements during the call.
+#[inline(always)]
+pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    out: TileOut,
+) {
+    let lanes = S::LANES;
+    let nr = NV * lanes;
+    let mut acc = [[s.zero(); NV]; MR];
+    for p in 0..kc {
+        // SAFETY: `p < kc`, so row `p` of both packed panels is in bounds.
+        let (bp, ap) = unsafe { (b.add(p * nr), a.add(p * MR)) };
+        // SAFETY: each packed B row holds `nr = NV·lanes` floats.
+        let bv: [S::V; NV] = std::array::from_fn(|v| unsafe { s.load(bp.add(v * lanes)) });
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: each packed A row holds MR floats.
+            let ai = s.splat(unsafe { *ap.add(i) });
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = s.fmadd(ai, bv[v], *x);
+            }
+        }
+    }
+
+    let alpha = s.splat(out.alpha);
+    if out.rows == MR && out.cols == nr && out.csc == 1 {
+        let beta = s.splat(out.beta);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                // SAFETY: the tile is full and row-contiguous, so these NR floats of row `i` are
+                // inside it; the caller gave us exclusive access.
+                unsafe {
+                    let cp = out.c.add(i * out.rsc + v * lanes);
+                    let r = if out.beta == 0.0 {
+                        s.mul(alpha, *x)
+                    } else {
+                        s.fmadd(beta, s.load(cp), s.mul(alpha, *x))
+                    };
+                    s.store(cp, r);
+                }
+            }
+        }
+    } else {
+        let mut tile = [[0.0f32; 64]; MR];
+        debug_assert!(nr <= 64);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                // SAFETY: `tile[i]` has 64 ≥ NR floats.
+                unsafe { s.store(tile[i].as_mut_ptr().add(v * lanes), s.mul(alpha, *x)) };
+            }
+        }
+        for (i, trow) in tile.iter().enumerate().take(out.rows) {
+            for (j, t) in trow.iter().enumerate().take(out.cols) {
+                // SAFETY: `(i, j)` is inside the valid tile the caller vouched for.
+                unsafe {
+                    let cp = out.c.add(i * out.rsc + j * out.csc);
+                    *cp = if out.beta == 0.0 {
+                        *t
+                    } else {
+                        out.beta * *cp + *t
+                    };
+                }
+            }
+        }
+    }
+}

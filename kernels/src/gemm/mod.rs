@@ -1,0 +1,149 @@
+//! `C = α·A·B + β·C` in f32 over strided views: the public entry point, its checks, and the
+//! choice between the one-row streaming path ([`gemv`]) and the packed, blocked path
+//! ([`loops`]).
+//!
+//! BLAS semantics: when β = 0, C is never read (NaN or garbage in C cannot leak); when α = 0 or
+//! k = 0, A and B are never read and C becomes β·C; empty dimensions are legal and write
+//! nothing. Results are bit-identical for every thread count.
+
+mod blocking;
+mod gemv;
+mod loops;
+mod microkernel;
+mod pack;
+mod workspace;
+
+pub use workspace::GemmWorkspace;
+
+use crate::arch::with_simd;
+use crate::error::{Result, check_dim};
+use crate::exec::{Exec, SharedMut};
+use crate::view::{MatMut, MatRef};
+use loops::Out;
+use pack::Strided;
+
+/// `C = α·A·B + β·C`, with A m×k, B k×n, C m×n, each with any strides.
+///
+/// Shapes are checked first; on error nothing is written. `ws` holds the packing buffers and
+/// grows to the largest problem seen, so repeated calls allocate nothing.
+///
+/// ```
+/// use kernels::{gemm, Exec, GemmWorkspace, MatMut, MatRef};
+/// let a = [1.0, 2.0, 3.0, 4.0]; // 2×2 row-major
+/// let b = [5.0, 6.0, 7.0, 8.0];
+/// let mut c = [0.0; 4];
+/// let mut ws = GemmWorkspace::new();
+/// gemm(&Exec::new(), 1.0, MatRef::row_major(&a, 2, 2)?, MatRef::row_major(&b, 2, 2)?,
+///      0.0, &mut MatMut::row_major(&mut c, 2, 2)?, &mut ws)?;
+/// assert_eq!(c, [19.0, 22.0, 43.0, 50.0]);
+/// # Ok::<(), kernels::KernelError>(())
+/// ```
+pub fn gemm(
+    exec: &Exec,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut MatMut<'_>,
+    ws: &mut GemmWorkspace,
+) -> Result<()> {
+    check_dim("a.rows vs c.rows", c.rows(), a.rows())?;
+    check_dim("b.cols vs c.cols", c.cols(), b.cols())?;
+    check_dim("a.cols vs b.rows", b.rows(), a.cols())?;
+    let (m, n, k) = (c.rows(), c.cols(), a.cols());
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if alpha == 0.0 || k == 0 {
+        scale(c, beta);
+        return Ok(());
+    }
+    // One output row (or column, by transposing the whole product) streams B once.
+    if m == 1 && (b.col_stride() == 1 || b.row_stride() == 1) {
+        return Ok(gemv_row(exec, alpha, a, b, beta, c, ws));
+    }
+    if n == 1 && m > 1 && (a.row_stride() == 1 || a.col_stride() == 1) {
+        let (rsc, csc) = (c.row_stride(), c.col_stride());
+        let mut ct = MatMut::new(c.as_mut_slice(), 1, m, csc, rsc)?;
+        return Ok(gemv_row(exec, alpha, b.t(), a.t(), beta, &mut ct, ws));
+    }
+    let out = Out {
+        c: SharedMut(c.as_mut_ptr()),
+        rsc: c.row_stride(),
+        csc: c.col_stride(),
+    };
+    let strided = |v: &MatRef<'_>| Strided {
+        ptr: v.data().as_ptr(),
+        rs: v.row_stride(),
+        cs: v.col_stride(),
+    };
+    let (sa, sb) = (strided(&a), strided(&b));
+    let blk = blocking::choose(exec.isa(), m);
+    macro_rules! run {
+        ($s:ident, $mr:literal, $nv:literal) => {
+            // SAFETY: the views were validated on construction (A m×k and B k×n readable, C
+            // m×n writable with distinct elements), and `c` is borrowed mutably for the call.
+            unsafe {
+                loops::gemm_blocked::<_, $mr, $nv>(
+                    $s, exec, &blk, (m, n, k), alpha, sa, sb, beta, out, ws,
+                )
+            }
+        };
+    }
+    with_simd!(exec.isa(), |s| match (blk.mr, blk.nv) {
+        (12, 2) => run!(s, 12, 2),
+        (8, 2) => run!(s, 8, 2),
+        (6, 2) => run!(s, 6, 2),
+        (4, 2) => run!(s, 4, 2),
+        other => unreachable!("no micro-kernel instantiated for {other:?}"),
+    });
+    Ok(())
+}
+
+/// The m = 1 product, after shape checks, with B row- or column-contiguous.
+fn gemv_row(
+    exec: &Exec,
+    alpha: f32,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    beta: f32,
+    c: &mut MatMut<'_>,
+    ws: &mut GemmWorkspace,
+) {
+    let (n, k) = (c.cols(), a.cols());
+    let x: &[f32] = if a.col_stride() == 1 {
+        &a.data()[..k]
+    } else {
+        let buf = ws.a.get(k);
+        for (p, v) in buf.iter_mut().enumerate() {
+            *v = a.at(0, p);
+        }
+        buf
+    };
+    let acc = ws.b.get(n);
+    let sb = Strided {
+        ptr: b.data().as_ptr(),
+        rs: b.row_stride(),
+        cs: b.col_stride(),
+    };
+    let y = SharedMut(c.as_mut_ptr());
+    let ys = c.col_stride();
+    with_simd!(exec.isa(), |s| {
+        // SAFETY: B is a validated k×n view with a unit stride; y is C's single row of n
+        // distinct elements, borrowed mutably.
+        unsafe { gemv::gemv(s, exec, alpha, x, sb, n, beta, y, ys, acc) }
+    });
+}
+
+/// `C = β·C`, and exactly zero when β = 0 (C is not read then).
+fn scale(c: &mut MatMut<'_>, beta: f32) {
+    let (rs, cs) = (c.row_stride(), c.col_stride());
+    let (rows, cols) = (c.rows(), c.cols());
+    let data = c.as_mut_slice();
+    for i in 0..rows {
+        for j in 0..cols {
+            let e = &mut data[i * rs + j * cs];
+            *e = if beta == 0.0 { 0.0 } else { beta * *e };
+        }
+    }
+}
