@@ -1,2 +1,2 @@
 //! d
-pub fn x(){}
+pub fn x() {}

@@ -13,27 +13,53 @@ fn main() {
     for isa in Isa::available() {
         let t = Instant::now();
         let f = kernels::arch::fma_probe(isa, 20_000_000);
-        println!("peak {isa}: {:.1} GFLOP/s", f / t.elapsed().as_secs_f64() / 1e9);
+        println!(
+            "peak {isa}: {:.1} GFLOP/s",
+            f / t.elapsed().as_secs_f64() / 1e9
+        );
     }
-    for isa in Isa::available().into_iter().rev().filter(|i| only.is_none_or(|o| o == *i)) {
+    for isa in Isa::available()
+        .into_iter()
+        .rev()
+        .filter(|i| only.is_none_or(|o| o == *i))
+    {
         for par in [Parallelism::Sequential, Parallelism::Rayon] {
             let exec = Exec::new().with_isa(isa).unwrap().with_parallelism(par);
             let mut best = f64::MAX;
             for _ in 0..7 {
                 let t = Instant::now();
-                gemm(&exec, 1.0, MatRef::row_major(&a, m, k).unwrap(), MatRef::row_major(&b, k, n).unwrap(), 0.0,
-                    &mut MatMut::row_major(&mut c, m, n).unwrap(), &mut ws).unwrap();
+                gemm(
+                    &exec,
+                    1.0,
+                    MatRef::row_major(&a, m, k).unwrap(),
+                    MatRef::row_major(&b, k, n).unwrap(),
+                    0.0,
+                    &mut MatMut::row_major(&mut c, m, n).unwrap(),
+                    &mut ws,
+                )
+                .unwrap();
                 best = best.min(t.elapsed().as_secs_f64());
             }
             let bytes = (k * n * 4) as f64;
-            println!("{isa:8} {par:?}: {:.1} GFLOP/s  {:.1} GB/s(B)", 2.0 * (m * n * k) as f64 / best / 1e9, bytes / best / 1e9);
+            println!(
+                "{isa:8} {par:?}: {:.1} GFLOP/s  {:.1} GB/s(B)",
+                2.0 * (m * n * k) as f64 / best / 1e9,
+                bytes / best / 1e9
+            );
         }
     }
     let mut sm = 0.0f32;
     let big: Vec<f32> = vec![1.0; k * n];
     let mut best = f64::MAX;
-    for _ in 0..7 { let t = Instant::now(); sm += big.iter().sum::<f32>(); best = best.min(t.elapsed().as_secs_f64()); }
-    println!("plain sum {:.1} GB/s ({sm})", (k*n*4) as f64 / best / 1e9);
+    for _ in 0..7 {
+        let t = Instant::now();
+        sm += big.iter().sum::<f32>();
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "plain sum {:.1} GB/s ({sm})",
+        (k * n * 4) as f64 / best / 1e9
+    );
 }
 #[allow(dead_code)]
 fn peak() {}

@@ -46,11 +46,18 @@ pub enum KernelError {
 impl fmt::Display for KernelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            KernelError::ShapeMismatch { what, expected, got } => {
+            KernelError::ShapeMismatch {
+                what,
+                expected,
+                got,
+            } => {
                 write!(f, "shape mismatch: {what}: expected {expected}, got {got}")
             }
             KernelError::BufferTooSmall { what, needed, len } => {
-                write!(f, "buffer `{what}` too small: needs {needed} elements, has {len}")
+                write!(
+                    f,
+                    "buffer `{what}` too small: needs {needed} elements, has {len}"
+                )
             }
             KernelError::AliasingStrides {
                 rows,

@@ -100,7 +100,9 @@ impl Exec {
                 .enumerate()
                 .for_each(|(i, c)| f(i, c));
         } else {
-            data.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+            data.chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, c)| f(i, c));
         }
     }
 }

@@ -2,11 +2,17 @@
 pub mod arch;
 mod error;
 mod exec;
+mod exp;
 mod gemm;
+mod kv;
 pub mod reference;
+mod softmax;
 mod view;
 pub use arch::Isa;
 pub use error::{KernelError, Result};
 pub use exec::{Exec, Parallelism};
+pub use exp::exp;
 pub use gemm::{GemmWorkspace, gemm};
+pub use kv::{Bf16, KvDtype, KvRows, accumulate_rows, dot_rows, scale_slice, to_bf16};
+pub use softmax::{Mask, OnlineSoftmax, SoftmaxOptions, softmax_rows, softmax_rows_into};
 pub use view::{MatMut, MatRef};

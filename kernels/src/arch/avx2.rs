@@ -103,10 +103,6 @@ impl Simd for Avx2 {
         v!(_mm256_add_ps(a, b))
     }
     #[inline(always)]
-    fn sub(self, a: __m256, b: __m256) -> __m256 {
-        v!(_mm256_sub_ps(a, b))
-    }
-    #[inline(always)]
     fn mul(self, a: __m256, b: __m256) -> __m256 {
         v!(_mm256_mul_ps(a, b))
     }
@@ -136,7 +132,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn exp(self, x: __m256) -> __m256 {
         v!({
-            let x = _mm256_min_ps(_mm256_set1_ps(E::HI), _mm256_max_ps(_mm256_set1_ps(E::LO), x));
+            let x = _mm256_min_ps(
+                _mm256_set1_ps(E::HI),
+                _mm256_max_ps(_mm256_set1_ps(E::LO), x),
+            );
             let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm256_mul_ps(x, _mm256_set1_ps(E::LOG2E)),
             );

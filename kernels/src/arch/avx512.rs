@@ -102,10 +102,6 @@ impl Simd for Avx512 {
         v!(_mm512_add_ps(a, b))
     }
     #[inline(always)]
-    fn sub(self, a: __m512, b: __m512) -> __m512 {
-        v!(_mm512_sub_ps(a, b))
-    }
-    #[inline(always)]
     fn mul(self, a: __m512, b: __m512) -> __m512 {
         v!(_mm512_mul_ps(a, b))
     }
@@ -126,7 +122,10 @@ impl Simd for Avx512 {
     fn exp(self, x: __m512) -> __m512 {
         v!({
             // max(LO, x) returns x when x is NaN, so NaN survives the clamp.
-            let x = _mm512_min_ps(_mm512_set1_ps(E::HI), _mm512_max_ps(_mm512_set1_ps(E::LO), x));
+            let x = _mm512_min_ps(
+                _mm512_set1_ps(E::HI),
+                _mm512_max_ps(_mm512_set1_ps(E::LO), x),
+            );
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
                 _mm512_mul_ps(x, _mm512_set1_ps(E::LOG2E)),
             );

@@ -58,7 +58,10 @@ impl Isa {
                 .rev()
                 .find(|isa| isa.is_available())
                 .unwrap_or(Isa::Portable);
-            match std::env::var("KERNELS_ISA").ok().and_then(|v| v.parse::<Isa>().ok()) {
+            match std::env::var("KERNELS_ISA")
+                .ok()
+                .and_then(|v| v.parse::<Isa>().ok())
+            {
                 Some(cap) if cap.is_available() => cap.min(best),
                 _ => best,
             }

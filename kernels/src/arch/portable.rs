@@ -75,10 +75,6 @@ impl Simd for Portable {
         a + b
     }
     #[inline(always)]
-    fn sub(self, a: f32x8, b: f32x8) -> f32x8 {
-        a - b
-    }
-    #[inline(always)]
     fn mul(self, a: f32x8, b: f32x8) -> f32x8 {
         a * b
     }

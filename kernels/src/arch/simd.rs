@@ -54,8 +54,6 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a + b`.
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
-    /// `a - b`.
-    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b`.
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise maximum. Where exactly one operand is NaN the result is `b`'s lane

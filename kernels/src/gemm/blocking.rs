@@ -34,7 +34,10 @@ pub(crate) const AVX512_TALL: Blocking = Blocking {
     nc: 4096,
 };
 /// 8×32 AVX-512 tile for skinny products (m = 8, 16, 24, 32 waste nothing).
-pub(crate) const AVX512_SHORT: Blocking = Blocking { mr: 8, ..AVX512_TALL };
+pub(crate) const AVX512_SHORT: Blocking = Blocking {
+    mr: 8,
+    ..AVX512_TALL
+};
 /// 6×16 AVX2 tile: 12 accumulators + 2 B vectors + 1 broadcast of the 16 ymm registers.
 pub(crate) const AVX2: Blocking = Blocking {
     mr: 6,

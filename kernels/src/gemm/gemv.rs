@@ -41,7 +41,8 @@ unsafe fn rows_into<S: Simd>(s: S, x: &[f32], b: Strided, n: usize, acc: *mut f3
         let mut p = 0;
         while p < k {
             let rows = 4.min(k - p);
-            let xs: [S::V; 4] = std::array::from_fn(|i| s.splat(if i < rows { x[p + i] } else { 0.0 }));
+            let xs: [S::V; 4] =
+                std::array::from_fn(|i| s.splat(if i < rows { x[p + i] } else { 0.0 }));
             let r: [*const f32; 4] =
                 std::array::from_fn(|i| b.ptr.add((p + i.min(rows - 1)) * b.rs));
             if rows == 4 {
@@ -145,7 +146,11 @@ pub(crate) unsafe fn gemv<S: Simd>(
 ) {
     let rows_layout = b.cs == 1;
     debug_assert!(rows_layout || b.rs == 1);
-    let chunk = column_chunk(n, exec.threads(), if rows_layout { 4 * S::LANES } else { 16 });
+    let chunk = column_chunk(
+        n,
+        exec.threads(),
+        if rows_layout { 4 * S::LANES } else { 16 },
+    );
     exec.for_each_chunk_mut(&mut acc[..n], chunk, |index, acc| {
         let j0 = index * chunk;
         let cols = acc.len();

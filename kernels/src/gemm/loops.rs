@@ -114,8 +114,8 @@ pub(crate) unsafe fn gemm_blocked<S: Simd, const MR: usize, const NV: usize>(
                 let (ic_index, chunk) = (task / grid.jr_chunks, task % grid.jr_chunks);
                 let ic = ic_index * grid.mc;
                 let rows = grid.mc.min(m - ic);
-                let jp_range = (chunk * n_panels / grid.jr_chunks)
-                    ..((chunk + 1) * n_panels / grid.jr_chunks);
+                let jp_range =
+                    (chunk * n_panels / grid.jr_chunks)..((chunk + 1) * n_panels / grid.jr_chunks);
                 s.vectorize(
                     #[inline(always)]
                     || {

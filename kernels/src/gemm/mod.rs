@@ -85,7 +85,16 @@ pub fn gemm(
             // m×n writable with distinct elements), and `c` is borrowed mutably for the call.
             unsafe {
                 loops::gemm_blocked::<_, $mr, $nv>(
-                    $s, exec, &blk, (m, n, k), alpha, sa, sb, beta, out, ws,
+                    $s,
+                    exec,
+                    &blk,
+                    (m, n, k),
+                    alpha,
+                    sa,
+                    sb,
+                    beta,
+                    out,
+                    ws,
                 )
             }
         };

@@ -1,0 +1,455 @@
+//! Row-wise, numerically stable softmax, and its streaming (online) form.
+//!
+//! `softmax(scale·x)_i = exp(scale·(x_i − max)) / Σ_j exp(scale·(x_j − max))`, computed in three
+//! passes over the row (max; exp and sum; multiply by 1/sum). The sum is accumulated in f64, so
+//! rows of any length sum to 1 within a few f32 ulps. Defined results for every input:
+//!
+//! | row contains | result |
+//! |---|---|
+//! | only finite values and −∞ (not all −∞) | the softmax; −∞ entries are exactly 0 |
+//! | all −∞ (a fully masked row), or length 0 | all zeros, never NaN |
+//! | any NaN | all NaN (a NaN is never silently dropped) |
+//! | +∞ (and no NaN) | the limit: the +∞ entries share the mass equally, others are 0 |
+//! | huge finite logits (±1e30) | the softmax; no inf or NaN (the max is subtracted first) |
+//!
+//! A row of length 1 gives exactly 1.0 (unless it is −∞ or NaN).
+
+use crate::arch::{Simd, with_simd};
+use crate::error::{KernelError, Result, check_dim};
+use crate::exec::Exec;
+
+/// Which entries of each row take part; the others are written as 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mask {
+    /// Every entry.
+    #[default]
+    None,
+    /// Row `i` keeps columns `j <= i + offset`: causal attention of the queries of a chunk that
+    /// starts `offset` positions after the first key.
+    Causal {
+        /// Keys before the first query of the chunk.
+        offset: usize,
+    },
+}
+
+/// Options of [`softmax_rows`] and [`softmax_rows_into`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SoftmaxOptions {
+    /// Multiplies the logits before the softmax (attention uses 1/√head_dim). Must be finite
+    /// and positive.
+    pub scale: f32,
+    /// Which entries take part.
+    pub mask: Mask,
+}
+
+impl Default for SoftmaxOptions {
+    fn default() -> Self {
+        Self {
+            scale: 1.0,
+            mask: Mask::None,
+        }
+    }
+}
+
+fn check_rows(len: usize, row_len: usize, opts: &SoftmaxOptions) -> Result<usize> {
+    if !(opts.scale.is_finite() && opts.scale > 0.0) {
+        return Err(KernelError::InvalidArgument(
+            "softmax scale must be finite and positive",
+        ));
+    }
+    if row_len == 0 {
+        return if len == 0 {
+            Ok(0)
+        } else {
+            Err(KernelError::InvalidArgument(
+                "softmax row_len is 0 but data is not empty",
+            ))
+        };
+    }
+    if len % row_len != 0 {
+        return Err(KernelError::ShapeMismatch {
+            what: "softmax data length vs a multiple of row_len",
+            expected: len.div_ceil(row_len) * row_len,
+            got: len,
+        });
+    }
+    Ok(len / row_len)
+}
+
+/// Softmax of each `row_len`-long row of `data`, in place.
+pub fn softmax_rows(
+    exec: &Exec,
+    data: &mut [f32],
+    row_len: usize,
+    opts: SoftmaxOptions,
+) -> Result<()> {
+    let rows = check_rows(data.len(), row_len, &opts)?;
+    let dst = data.as_mut_ptr();
+    let ptr = RowPtrs { src: dst, dst };
+    run_rows(exec, ptr, rows, row_len, opts);
+    Ok(())
+}
+
+/// Softmax of each `row_len`-long row of `input`, written to `output` (same length).
+pub fn softmax_rows_into(
+    exec: &Exec,
+    input: &[f32],
+    output: &mut [f32],
+    row_len: usize,
+    opts: SoftmaxOptions,
+) -> Result<()> {
+    check_dim(
+        "softmax output length vs input length",
+        input.len(),
+        output.len(),
+    )?;
+    let rows = check_rows(input.len(), row_len, &opts)?;
+    let ptr = RowPtrs {
+        src: input.as_ptr(),
+        dst: output.as_mut_ptr(),
+    };
+    run_rows(exec, ptr, rows, row_len, opts);
+    Ok(())
+}
+
+/// Source and destination of a batch of rows; they may be the same buffer (in place), since
+/// every pass reads an element before writing it.
+#[derive(Clone, Copy)]
+struct RowPtrs {
+    src: *const f32,
+    dst: *mut f32,
+}
+// SAFETY: built from a `&[f32]`/`&mut [f32]` pair (or one `&mut [f32]`) borrowed for the whole
+// call; tasks touch disjoint rows.
+unsafe impl Send for RowPtrs {}
+// SAFETY: as above.
+unsafe impl Sync for RowPtrs {}
+
+impl RowPtrs {
+    fn row(self, i: usize, row_len: usize) -> RowPtrs {
+        RowPtrs {
+            src: self.src.wrapping_add(i * row_len),
+            dst: self.dst.wrapping_add(i * row_len),
+        }
+    }
+}
+
+fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: SoftmaxOptions) {
+    // Rows are independent; give each task enough elements to amortise scheduling.
+    let rows_per_task = (16384 / row_len.max(1)).clamp(1, rows.max(1));
+    let tasks = rows.div_ceil(rows_per_task);
+    exec.for_each_index(tasks, |t| {
+        with_simd!(exec.isa(), |s| s.vectorize(
+            #[inline(always)]
+            || {
+                for i in t * rows_per_task..((t + 1) * rows_per_task).min(rows) {
+                    let valid = match opts.mask {
+                        Mask::None => row_len,
+                        Mask::Causal { offset } => (i + offset + 1).min(row_len),
+                    };
+                    let row = ptr.row(i, row_len);
+                    // SAFETY: row `i < rows` spans `row_len` floats of both buffers, which the
+                    // public functions checked; rows are owned by one task each.
+                    unsafe {
+                        softmax_row(s, row.src, row.dst, valid, opts.scale);
+                        std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
+                    }
+                }
+            }
+        ))
+    });
+}
+
+/// Loads `n ≤ LANES` floats, padding with −∞ so padded lanes add exp(−∞) = 0 to sums and never
+/// win a max.
+///
+/// # Safety
+/// `p .. p + n` must be readable.
+#[inline(always)]
+unsafe fn load_padded<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
+    let mut buf = [f32::NEG_INFINITY; 64];
+    // SAFETY: the caller guarantees `n ≤ LANES ≤ 64` readable floats at `p`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
+        s.load(buf.as_ptr())
+    }
+}
+
+/// Maximum of `n` floats at `p` (−∞ when empty; NaN lanes may be ignored).
+///
+/// # Safety
+/// `p .. p + n` must be readable.
+#[inline(always)]
+pub(crate) unsafe fn max_of<S: Simd>(s: S, p: *const f32, n: usize) -> f32 {
+    let lanes = S::LANES;
+    let full = n / lanes * lanes;
+    let mut m = [s.splat(f32::NEG_INFINITY); 4];
+    let mut i = 0;
+    // SAFETY (whole block): every offset stays below `n`.
+    unsafe {
+        while i + 4 * lanes <= full {
+            for (u, mu) in m.iter_mut().enumerate() {
+                *mu = s.max(*mu, s.load(p.add(i + u * lanes)));
+            }
+            i += 4 * lanes;
+        }
+        while i < full {
+            m[0] = s.max(m[0], s.load(p.add(i)));
+            i += lanes;
+        }
+        if full < n {
+            m[1] = s.max(m[1], load_padded(s, p.add(full), n - full));
+        }
+    }
+    s.reduce_max(s.max(s.max(m[0], m[1]), s.max(m[2], m[3])))
+}
+
+/// Writes `exp(scale·(src_i − max))` to `dst` and returns their sum (f64-accumulated).
+///
+/// # Safety
+/// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal).
+#[inline(always)]
+pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    scale: f32,
+    max: f32,
+) -> f64 {
+    let lanes = S::LANES;
+    let full = n / lanes * lanes;
+    let vscale = s.splat(scale);
+    let shift = s.splat(-scale * max);
+    let mut acc = [s.acc64_zero(), s.acc64_zero()];
+    let mut i = 0;
+    // SAFETY (whole block): every offset stays below `n`.
+    unsafe {
+        while i + 2 * lanes <= full {
+            for (u, a) in acc.iter_mut().enumerate() {
+                let e = s.exp(s.fmadd(s.load(src.add(i + u * lanes)), vscale, shift));
+                s.store(dst.add(i + u * lanes), e);
+                *a = s.acc64_add(*a, e);
+            }
+            i += 2 * lanes;
+        }
+        while i < full {
+            let e = s.exp(s.fmadd(s.load(src.add(i)), vscale, shift));
+            s.store(dst.add(i), e);
+            acc[0] = s.acc64_add(acc[0], e);
+            i += lanes;
+        }
+        if full < n {
+            let e = s.exp(s.fmadd(load_padded(s, src.add(full), n - full), vscale, shift));
+            s.store_partial(dst.add(full), n - full, e);
+            acc[1] = s.acc64_add(acc[1], e);
+        }
+    }
+    s.acc64_reduce(acc[0]) + s.acc64_reduce(acc[1])
+}
+
+/// `dst[i] *= factor` for `n` floats.
+///
+/// # Safety
+/// `dst .. dst + n` must be readable and writable.
+#[inline(always)]
+pub(crate) unsafe fn scale_in_place<S: Simd>(s: S, dst: *mut f32, n: usize, factor: f32) {
+    let lanes = S::LANES;
+    let full = n / lanes * lanes;
+    let f = s.splat(factor);
+    // SAFETY (whole block): every offset stays below `n`.
+    unsafe {
+        for i in (0..full).step_by(lanes) {
+            s.store(dst.add(i), s.mul(s.load(dst.add(i)), f));
+        }
+        if full < n {
+            let v = s.mul(s.load_partial(dst.add(full), n - full), f);
+            s.store_partial(dst.add(full), n - full, v);
+        }
+    }
+}
+
+/// The rare rows whose max is ±∞ (or NaN-only): handled element by element, per the table in
+/// the module docs.
+///
+/// # Safety
+/// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal).
+unsafe fn softmax_row_special(src: *const f32, dst: *mut f32, n: usize) {
+    // SAFETY: the caller guarantees the ranges; elements are read before being written.
+    let at = |i: usize| unsafe { *src.add(i) };
+    let has_nan = (0..n).any(|i| at(i).is_nan());
+    let infs = (0..n).filter(|&i| at(i) == f32::INFINITY).count();
+    for i in 0..n {
+        let v = if has_nan {
+            f32::NAN
+        } else if infs > 0 {
+            if at(i) == f32::INFINITY {
+                1.0 / infs as f32
+            } else {
+                0.0
+            }
+        } else {
+            0.0
+        };
+        // SAFETY: `i < n`.
+        unsafe { *dst.add(i) = v };
+    }
+}
+
+/// Softmax of one row of `n` floats (see the module docs for the special cases).
+///
+/// # Safety
+/// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal).
+#[inline(always)]
+unsafe fn softmax_row<S: Simd>(s: S, src: *const f32, dst: *mut f32, n: usize, scale: f32) {
+    if n == 0 {
+        return;
+    }
+    // SAFETY: the caller's ranges are passed on unchanged.
+    unsafe {
+        let max = max_of(s, src, n);
+        if !max.is_finite() {
+            return softmax_row_special(src, dst, n);
+        }
+        // A NaN anywhere turns the sum, and so every output, into NaN.
+        let sum = exp_shifted_sum(s, src, dst, n, scale, max);
+        scale_in_place(s, dst, n, (1.0 / sum) as f32);
+    }
+}
+
+/// The running state of a softmax computed block by block: the max seen so far and the sum of
+/// `exp(score − max)`. Two states over disjoint blocks [`merge`](Self::merge) exactly, which is
+/// what split-sequence (flash-decoding) attention needs.
+///
+/// Scores here are already scaled. A state that has seen only −∞ (or nothing) is
+/// [`EMPTY`](Self::EMPTY) and contributes nothing to a merge, so empty or fully masked blocks
+/// give zeros, never NaN. A NaN score makes the state's sum NaN.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OnlineSoftmax {
+    /// Largest score absorbed (−∞ when none).
+    pub max: f32,
+    /// `Σ exp(score − max)` over the absorbed scores.
+    pub sum: f32,
+}
+
+impl Default for OnlineSoftmax {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl OnlineSoftmax {
+    /// The state before any score.
+    pub const EMPTY: Self = Self {
+        max: f32::NEG_INFINITY,
+        sum: 0.0,
+    };
+
+    /// Absorbs a block of scores: replaces each score by its weight `exp(score − new_max)` and
+    /// returns the factor `exp(old_max − new_max)` by which anything accumulated with the old
+    /// weights (the sum is rescaled here; a weighted sum of values is the caller's) must be
+    /// multiplied. +∞ scores take the limit: they share the mass and everything else gets 0.
+    pub fn absorb(&mut self, exec: &Exec, scores: &mut [f32]) -> f32 {
+        let n = scores.len();
+        let p = scores.as_mut_ptr();
+        with_simd!(exec.isa(), |s| s.vectorize(
+            #[inline(always)]
+            || {
+                // SAFETY: `p` spans `n` floats of the borrowed `scores`.
+                let block_max = unsafe { max_of(s, p, n) };
+                self.absorb_with_max(s, p, n, block_max)
+            }
+        ))
+    }
+
+    #[inline(always)]
+    fn absorb_with_max<S: Simd>(&mut self, s: S, p: *mut f32, n: usize, block_max: f32) -> f32 {
+        let new_max = self.max.max(block_max);
+        if new_max == f32::NEG_INFINITY {
+            // Nothing but −∞ so far: every weight is 0 and the state stays empty (NaN scores
+            // still poison the sum).
+            let mut nan = false;
+            for i in 0..n {
+                // SAFETY: `i < n`.
+                unsafe {
+                    nan |= (*p.add(i)).is_nan();
+                    *p.add(i) = if (*p.add(i)).is_nan() { f32::NAN } else { 0.0 };
+                }
+            }
+            if nan {
+                self.sum = f32::NAN;
+            }
+            return 1.0;
+        }
+        if new_max == f32::INFINITY {
+            let carried = if self.max == f32::INFINITY { 1.0 } else { 0.0 };
+            let mut added = 0.0;
+            for i in 0..n {
+                // SAFETY: `i < n`.
+                unsafe {
+                    let v = *p.add(i);
+                    *p.add(i) = if v == f32::INFINITY {
+                        1.0
+                    } else if v.is_nan() {
+                        f32::NAN
+                    } else {
+                        0.0
+                    };
+                    added += *p.add(i);
+                }
+            }
+            self.sum = self.sum * carried + added;
+            self.max = f32::INFINITY;
+            return carried;
+        }
+        let factor = if self.max == f32::NEG_INFINITY {
+            0.0
+        } else {
+            (self.max - new_max).exp()
+        };
+        // SAFETY: `p` spans `n` floats; the weights overwrite the scores in place.
+        let block_sum = unsafe { exp_shifted_sum(s, p, p, n, 1.0, new_max) };
+        self.sum = (self.sum as f64 * factor as f64 + block_sum) as f32;
+        self.max = new_max;
+        factor
+    }
+
+    /// The state of the union of the two blocks, with the factors by which each side's
+    /// accumulated values must be multiplied before they are added.
+    pub fn merge(self, other: Self) -> (Self, f32, f32) {
+        let max = self.max.max(other.max);
+        if max == f32::NEG_INFINITY {
+            return (
+                Self {
+                    max,
+                    sum: self.sum + other.sum,
+                },
+                1.0,
+                1.0,
+            );
+        }
+        let weight = |m: f32| {
+            if m == f32::NEG_INFINITY {
+                0.0
+            } else if max == f32::INFINITY {
+                if m == f32::INFINITY { 1.0 } else { 0.0 }
+            } else {
+                (m - max).exp()
+            }
+        };
+        let (a, b) = (weight(self.max), weight(other.max));
+        (
+            Self {
+                max,
+                sum: self.sum * a + other.sum * b,
+            },
+            a,
+            b,
+        )
+    }
+
+    /// `1 / sum`, or 0 for an empty state (so an empty or fully masked row gives zeros).
+    pub fn inverse_sum(&self) -> f32 {
+        if self.sum == 0.0 { 0.0 } else { 1.0 / self.sum }
+    }
+}
