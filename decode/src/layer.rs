@@ -1,0 +1,297 @@
+//! A full attention layer: projections q = x·W_Q, k = x·W_K, v = x·W_V, optional RoPE, the
+//! cache, attention, and the output projection W_O over the concatenated heads.
+
+use crate::attention::{
+    DecodeOptions, DecodeScratch, HeadConfig, PrefillScratch, decode_attention, prefill_attention,
+};
+use crate::cache::KvCache;
+use crate::error::{DecodeError, Result, check_len};
+use crate::rope::Rope;
+use kernels::{Exec, GemmWorkspace, MatMut, MatRef, gemm};
+
+/// Shape of an attention layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerConfig {
+    /// Embedding width.
+    pub d_model: usize,
+    /// Head counts and size.
+    pub heads: HeadConfig,
+    /// Rotary embeddings, if used.
+    pub rope: Option<Rope>,
+}
+
+/// Row-major weights: `w_q` is `d_model × heads·head_dim`, `w_k` and `w_v` are
+/// `d_model × kv_heads·head_dim`, `w_o` is `heads·head_dim × d_model` (or `None`: the output is
+/// the concatenated heads, as in the single-head teaching example).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerWeights {
+    /// Query projection.
+    pub w_q: Vec<f32>,
+    /// Key projection.
+    pub w_k: Vec<f32>,
+    /// Value projection.
+    pub w_v: Vec<f32>,
+    /// Output projection.
+    pub w_o: Option<Vec<f32>>,
+}
+
+/// Attention layer with its weights.
+#[derive(Debug, Clone)]
+pub struct AttentionLayer {
+    cfg: LayerConfig,
+    w: LayerWeights,
+}
+
+/// Buffers of one layer call, sized once; decode steps allocate nothing after the first.
+pub struct LayerScratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    decode: DecodeScratch,
+    prefill: PrefillScratch,
+    ws: GemmWorkspace,
+}
+
+impl LayerScratch {
+    /// Scratch for `cfg` on up to `threads` threads.
+    pub fn new(cfg: &LayerConfig, threads: usize) -> Result<Self> {
+        let h = &cfg.heads;
+        Ok(Self {
+            q: vec![0.0; h.heads * h.head_dim],
+            k: vec![0.0; h.kv_heads * h.head_dim],
+            v: vec![0.0; h.kv_heads * h.head_dim],
+            attn: vec![0.0; h.heads * h.head_dim],
+            decode: DecodeScratch::for_threads(*h, threads)?,
+            prefill: PrefillScratch::new(),
+            ws: GemmWorkspace::new(),
+        })
+    }
+}
+
+/// `out (rows × n) = x (rows × k) · w (k × n)`, all row-major.
+fn project(
+    exec: &Exec,
+    x: &[f32],
+    rows: usize,
+    w: &[f32],
+    n: usize,
+    out: &mut [f32],
+    ws: &mut GemmWorkspace,
+) -> Result<()> {
+    let k = x.len() / rows.max(1);
+    gemm(
+        exec,
+        1.0,
+        MatRef::row_major(x, rows, k)?,
+        MatRef::row_major(w, k, n)?,
+        0.0,
+        &mut MatMut::row_major(out, rows, n)?,
+        ws,
+    )?;
+    Ok(())
+}
+
+impl AttentionLayer {
+    /// Checks every weight's length against the configuration.
+    pub fn new(cfg: LayerConfig, w: LayerWeights) -> Result<Self> {
+        cfg.heads.validate()?;
+        if cfg.d_model == 0 {
+            return Err(DecodeError::InvalidConfig(
+                "d_model must be positive".into(),
+            ));
+        }
+        if let Some(r) = &cfg.rope {
+            r.check(cfg.heads.head_dim)?;
+        }
+        let (dm, h) = (cfg.d_model, &cfg.heads);
+        check_len(
+            "w_q length vs d_model * heads * head_dim",
+            dm * h.heads * h.head_dim,
+            w.w_q.len(),
+        )?;
+        check_len(
+            "w_k length vs d_model * kv_heads * head_dim",
+            dm * h.kv_heads * h.head_dim,
+            w.w_k.len(),
+        )?;
+        check_len(
+            "w_v length vs d_model * kv_heads * head_dim",
+            dm * h.kv_heads * h.head_dim,
+            w.w_v.len(),
+        )?;
+        if let Some(o) = &w.w_o {
+            check_len(
+                "w_o length vs heads * head_dim * d_model",
+                h.heads * h.head_dim * dm,
+                o.len(),
+            )?;
+        }
+        Ok(Self { cfg, w })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LayerConfig {
+        &self.cfg
+    }
+
+    /// Width of the layer's output: `d_model` with W_O, else `heads · head_dim`.
+    pub fn out_dim(&self) -> usize {
+        if self.w.w_o.is_some() {
+            self.cfg.d_model
+        } else {
+            self.cfg.heads.heads * self.cfg.heads.head_dim
+        }
+    }
+
+    fn check_cache(&self, cache: &KvCache) -> Result<()> {
+        let c = cache.config();
+        if c.kv_heads != self.cfg.heads.kv_heads || c.head_dim != self.cfg.heads.head_dim {
+            return Err(DecodeError::InvalidConfig(format!(
+                "cache has {} KV heads of {}, layer has {} of {}",
+                c.kv_heads, c.head_dim, self.cfg.heads.kv_heads, self.cfg.heads.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// One token: projects `x` (d_model), appends its k and v to `layer` of the cache, attends
+    /// over the window and writes `out` ([`out_dim`](Self::out_dim)).
+    pub fn decode(
+        &self,
+        exec: &Exec,
+        cache: &mut KvCache,
+        layer: usize,
+        x: &[f32],
+        out: &mut [f32],
+        s: &mut LayerScratch,
+    ) -> Result<()> {
+        let h = self.cfg.heads;
+        check_len("x length vs d_model", self.cfg.d_model, x.len())?;
+        check_len(
+            "out length vs layer output width",
+            self.out_dim(),
+            out.len(),
+        )?;
+        self.check_cache(cache)?;
+        let pos = cache.layer_position(layer)?;
+        project(
+            exec,
+            x,
+            1,
+            &self.w.w_q,
+            h.heads * h.head_dim,
+            &mut s.q,
+            &mut s.ws,
+        )?;
+        project(
+            exec,
+            x,
+            1,
+            &self.w.w_k,
+            h.kv_heads * h.head_dim,
+            &mut s.k,
+            &mut s.ws,
+        )?;
+        project(
+            exec,
+            x,
+            1,
+            &self.w.w_v,
+            h.kv_heads * h.head_dim,
+            &mut s.v,
+            &mut s.ws,
+        )?;
+        if let Some(r) = &self.cfg.rope {
+            r.apply(&mut s.q, h.head_dim, pos);
+            r.apply(&mut s.k, h.head_dim, pos);
+        }
+        cache.append(layer, &s.k, &s.v)?;
+        decode_attention(
+            exec,
+            &h,
+            cache,
+            layer,
+            &s.q,
+            &mut s.attn,
+            &mut s.decode,
+            DecodeOptions::default(),
+        )?;
+        self.output(exec, 1, out, s)
+    }
+
+    /// A chunk of `T` tokens (`xs`: `T × d_model`), causal within the window; `out`:
+    /// `T × out_dim`. Equal to calling [`decode`](Self::decode) token by token.
+    pub fn prefill(
+        &self,
+        exec: &Exec,
+        cache: &mut KvCache,
+        layer: usize,
+        xs: &[f32],
+        out: &mut [f32],
+        s: &mut LayerScratch,
+    ) -> Result<()> {
+        let h = self.cfg.heads;
+        let dm = self.cfg.d_model;
+        if xs.len() % dm != 0 {
+            return Err(DecodeError::ShapeMismatch {
+                what: "xs length vs a multiple of d_model",
+                expected: xs.len().div_ceil(dm) * dm,
+                got: xs.len(),
+            });
+        }
+        let t = xs.len() / dm;
+        check_len(
+            "out length vs T * layer output width",
+            t * self.out_dim(),
+            out.len(),
+        )?;
+        self.check_cache(cache)?;
+        let pos = cache.layer_position(layer)?;
+        let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
+        s.q.resize(t * qw, 0.0);
+        s.k.resize(t * kw, 0.0);
+        s.v.resize(t * kw, 0.0);
+        s.attn.resize(t * qw, 0.0);
+        project(exec, xs, t, &self.w.w_q, qw, &mut s.q, &mut s.ws)?;
+        project(exec, xs, t, &self.w.w_k, kw, &mut s.k, &mut s.ws)?;
+        project(exec, xs, t, &self.w.w_v, kw, &mut s.v, &mut s.ws)?;
+        if let Some(r) = &self.cfg.rope {
+            for i in 0..t {
+                r.apply(&mut s.q[i * qw..(i + 1) * qw], h.head_dim, pos + i);
+                r.apply(&mut s.k[i * kw..(i + 1) * kw], h.head_dim, pos + i);
+            }
+        }
+        prefill_attention(
+            exec,
+            &h,
+            cache,
+            layer,
+            &s.q,
+            &s.k,
+            &s.v,
+            &mut s.attn,
+            &mut s.prefill,
+        )?;
+        self.output(exec, t, out, s)
+    }
+
+    fn output(&self, exec: &Exec, t: usize, out: &mut [f32], s: &mut LayerScratch) -> Result<()> {
+        let qw = self.cfg.heads.heads * self.cfg.heads.head_dim;
+        match &self.w.w_o {
+            Some(w_o) => project(
+                exec,
+                &s.attn[..t * qw],
+                t,
+                w_o,
+                self.cfg.d_model,
+                out,
+                &mut s.ws,
+            ),
+            None => {
+                out.copy_from_slice(&s.attn[..t * qw]);
+                Ok(())
+            }
+        }
+    }
+}
