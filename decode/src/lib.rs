@@ -1,5 +1,7 @@
 //! Attention for LLM decode on CPU: single-head, multi-head and grouped-query attention over a
 //! contiguous ring-buffer KV cache, built on the `kernels` crate.
+#![warn(missing_docs)]
+
 mod attention;
 pub mod bench;
 mod cache;

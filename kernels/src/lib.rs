@@ -1,4 +1,6 @@
 //! SIMD f32 kernels for LLM decode: matrix multiply and softmax.
+#![warn(missing_docs)]
+
 pub mod arch;
 mod error;
 mod exec;
