@@ -34,7 +34,7 @@ impl HeadConfig {
                 self.heads, self.kv_heads, self.head_dim
             )));
         }
-        if self.heads % self.kv_heads != 0 {
+        if !self.heads.is_multiple_of(self.kv_heads) {
             return Err(DecodeError::InvalidConfig(format!(
                 "heads ({}) must be a multiple of kv_heads ({})",
                 self.heads, self.kv_heads
@@ -145,6 +145,7 @@ pub struct DecodeOptions {
 /// One decode step of attention for `layer`: `q` holds `heads × head_dim` (already rotated),
 /// the cache already holds this token's k and v, and `out` receives `heads × head_dim`.
 /// An empty cache gives zeros.
+#[allow(clippy::too_many_arguments)]
 pub fn decode_attention(
     exec: &Exec,
     heads: &HeadConfig,
@@ -293,7 +294,7 @@ pub fn prefill_attention(
     let (d, g) = (heads.head_dim, heads.group());
     let qrow = heads.heads * d;
     let kvrow = heads.kv_heads * d;
-    if q.len() % qrow != 0 {
+    if !q.len().is_multiple_of(qrow) {
         return Err(DecodeError::ShapeMismatch {
             what: "q length vs a multiple of heads * head_dim",
             expected: q.len().div_ceil(qrow) * qrow,
@@ -307,6 +308,7 @@ pub fn prefill_attention(
     let p0 = cache.layer_position(layer)?;
     let (cap, sinks) = (cache.config().capacity, cache.config().sinks);
     let cached = cache.positions_at(p0);
+    let bf16 = cache.config().dtype == kernels::KvDtype::Bf16;
 
     for kv in 0..heads.kv_heads {
         for t0 in (0..t).step_by(PREFILL_TILE) {
@@ -334,9 +336,23 @@ pub fn prefill_attention(
             }
             for j in 0..t1 {
                 let pos = p0 + j;
-                if visible(last, pos, cap, sinks) || visible(first, pos, cap, sinks) {
+                // Some query of the tile sees this row iff the earliest query at or after it
+                // does (a later query may have slid past it; `first` may precede it).
+                if visible(first.max(pos), pos, cap, sinks) {
                     let r = j * kvrow + kv * d;
-                    push_row(scratch, pos, &k[r..r + d], &v[r..r + d]);
+                    if bf16 {
+                        // Attend to what the cache will hold, so prefill equals decode.
+                        let round = |x: &f32| kernels::Bf16::from_f32(*x).to_f32();
+                        kbuf.iter_mut()
+                            .zip(&k[r..r + d])
+                            .for_each(|(o, x)| *o = round(x));
+                        vbuf.iter_mut()
+                            .zip(&v[r..r + d])
+                            .for_each(|(o, x)| *o = round(x));
+                        push_row(scratch, pos, &kbuf, &vbuf);
+                    } else {
+                        push_row(scratch, pos, &k[r..r + d], &v[r..r + d]);
+                    }
                 }
             }
             let nk = scratch.positions.len();

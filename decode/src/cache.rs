@@ -231,7 +231,7 @@ impl KvCache {
         self.check_layer(layer)?;
         let row = self.cfg.kv_heads * self.cfg.head_dim;
         check_len("appended k length vs v length", k.len(), v.len())?;
-        if k.len() % row != 0 {
+        if !k.len().is_multiple_of(row) {
             return Err(DecodeError::ShapeMismatch {
                 what: "appended k length vs a multiple of kv_heads * head_dim",
                 expected: k.len().div_ceil(row) * row,

@@ -175,6 +175,13 @@ impl AttentionLayer {
         )?;
         self.check_cache(cache)?;
         let pos = cache.layer_position(layer)?;
+        // One token's rows: a previous prefill resized these to its chunk (within capacity, so
+        // this does not allocate after the first calls).
+        let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
+        s.q.resize(qw, 0.0);
+        s.k.resize(kw, 0.0);
+        s.v.resize(kw, 0.0);
+        s.attn.resize(qw, 0.0);
         project(
             exec,
             x,
@@ -233,7 +240,7 @@ impl AttentionLayer {
     ) -> Result<()> {
         let h = self.cfg.heads;
         let dm = self.cfg.d_model;
-        if xs.len() % dm != 0 {
+        if !xs.len().is_multiple_of(dm) {
             return Err(DecodeError::ShapeMismatch {
                 what: "xs length vs a multiple of d_model",
                 expected: xs.len().div_ceil(dm) * dm,

@@ -21,7 +21,7 @@ impl Default for Rope {
 
 impl Rope {
     pub(crate) fn check(&self, head_dim: usize) -> Result<()> {
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(DecodeError::InvalidConfig(format!(
                 "RoPE needs an even head_dim, got {head_dim}"
             )));

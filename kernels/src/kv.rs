@@ -206,7 +206,7 @@ fn dot_rows_impl<S: Simd, T: Elem>(s: S, q: &[f32], rows: &[T], scale: f32, scor
     let tail = d - full;
     let n = scores.len();
     let mut i = 0;
-    // SAFETY (whole block): row pointers index rows < n of `rows` (n·d elements, checked), and
+    // SAFETY: row pointers index rows < n of `rows` (n·d elements, checked), and
     // offsets stay below d; `q` has d floats.
     unsafe {
         while i < n {
@@ -247,48 +247,72 @@ fn dot_rows_impl<S: Simd, T: Elem>(s: S, q: &[f32], rows: &[T], scale: f32, scor
 
 #[inline(always)]
 fn accumulate_rows_impl<S: Simd, T: Elem>(s: S, weights: &[f32], rows: &[T], acc: &mut [f32]) {
-    const REGS: usize = 8;
     let (d, lanes) = (acc.len(), S::LANES);
-    // The accumulator is processed in chunks of up to REGS vectors held in registers while
-    // every row streams past (head_dim 128 is one chunk on AVX-512).
+    // The accumulator is processed in chunks of up to 8 vectors held in registers while every
+    // row streams past (head_dim 128 is one chunk on AVX-512); each chunk width has its own
+    // fully unrolled loop so the accumulators never leave registers.
     let mut c0 = 0;
-    while c0 < d {
-        let width = (REGS * lanes).min(d - c0);
-        let vecs = width / lanes;
-        let tail = width - vecs * lanes;
-        // SAFETY (whole block): offsets c0 + v·lanes (+ tail) stay below d in `acc` and in each
-        // of the weights.len() rows of `rows` (checked to hold weights.len()·d elements).
+    while c0 + lanes <= d {
+        let vecs = ((d - c0) / lanes).min(8);
+        // SAFETY: columns c0 .. c0 + vecs·lanes lie inside `acc` and inside every row.
         unsafe {
-            let a = acc.as_mut_ptr().add(c0);
-            let mut reg: [S::V; REGS] = std::array::from_fn(|v| {
-                if v < vecs {
-                    s.load(a.add(v * lanes))
-                } else {
-                    s.zero()
-                }
-            });
-            let mut t = if tail > 0 {
-                s.load_partial(a.add(vecs * lanes), tail)
-            } else {
-                s.zero()
-            };
-            for (i, w) in weights.iter().enumerate() {
-                let w = s.splat(*w);
-                let row = rows.as_ptr().add(i * d + c0);
-                for (v, r) in reg.iter_mut().enumerate().take(vecs) {
-                    *r = s.fmadd(w, T::load(s, row.add(v * lanes)), *r);
-                }
-                if tail > 0 {
-                    t = s.fmadd(w, T::load_partial(s, row.add(vecs * lanes), tail), t);
-                }
-            }
-            for (v, r) in reg.iter().enumerate().take(vecs) {
-                s.store(a.add(v * lanes), *r);
-            }
-            if tail > 0 {
-                s.store_partial(a.add(vecs * lanes), tail, t);
+            match vecs {
+                8 => accumulate_chunk::<S, T, 8>(s, weights, rows, d, c0, acc),
+                7 => accumulate_chunk::<S, T, 7>(s, weights, rows, d, c0, acc),
+                6 => accumulate_chunk::<S, T, 6>(s, weights, rows, d, c0, acc),
+                5 => accumulate_chunk::<S, T, 5>(s, weights, rows, d, c0, acc),
+                4 => accumulate_chunk::<S, T, 4>(s, weights, rows, d, c0, acc),
+                3 => accumulate_chunk::<S, T, 3>(s, weights, rows, d, c0, acc),
+                2 => accumulate_chunk::<S, T, 2>(s, weights, rows, d, c0, acc),
+                _ => accumulate_chunk::<S, T, 1>(s, weights, rows, d, c0, acc),
             }
         }
-        c0 += width;
+        c0 += vecs * lanes;
+    }
+    let tail = d - c0;
+    if tail > 0 {
+        // SAFETY: `tail < lanes` columns from c0 lie inside `acc` and every row.
+        unsafe {
+            let a = acc.as_mut_ptr().add(c0);
+            let mut t = s.load_partial(a, tail);
+            for (i, w) in weights.iter().enumerate() {
+                let row = rows.as_ptr().add(i * d + c0);
+                t = s.fmadd(s.splat(*w), T::load_partial(s, row, tail), t);
+            }
+            s.store_partial(a, tail, t);
+        }
+    }
+}
+
+/// `acc[c0 .. c0 + V·LANES] += Σ_i weights[i] · rows[i][c0 ..]` with the V accumulators in
+/// registers.
+///
+/// # Safety
+/// `c0 + V·LANES ≤ d = acc.len()` and `rows` holds `weights.len() · d` elements.
+#[inline(always)]
+unsafe fn accumulate_chunk<S: Simd, T: Elem, const V: usize>(
+    s: S,
+    weights: &[f32],
+    rows: &[T],
+    d: usize,
+    c0: usize,
+    acc: &mut [f32],
+) {
+    let lanes = S::LANES;
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let a = acc.as_mut_ptr().add(c0);
+        let mut reg: [S::V; V] = std::array::from_fn(|v| s.load(a.add(v * lanes)));
+        let mut row = rows.as_ptr().add(c0);
+        for w in weights {
+            let w = s.splat(*w);
+            for (v, r) in reg.iter_mut().enumerate() {
+                *r = s.fmadd(w, T::load(s, row.add(v * lanes)), *r);
+            }
+            row = row.wrapping_add(d);
+        }
+        for (v, r) in reg.iter().enumerate() {
+            s.store(a.add(v * lanes), *r);
+        }
     }
 }

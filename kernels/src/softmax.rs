@@ -66,7 +66,7 @@ fn check_rows(len: usize, row_len: usize, opts: &SoftmaxOptions) -> Result<usize
             ))
         };
     }
-    if len % row_len != 0 {
+    if !len.is_multiple_of(row_len) {
         return Err(KernelError::ShapeMismatch {
             what: "softmax data length vs a multiple of row_len",
             expected: len.div_ceil(row_len) * row_len,
@@ -185,7 +185,7 @@ pub(crate) unsafe fn max_of<S: Simd>(s: S, p: *const f32, n: usize) -> f32 {
     let full = n / lanes * lanes;
     let mut m = [s.splat(f32::NEG_INFINITY); 4];
     let mut i = 0;
-    // SAFETY (whole block): every offset stays below `n`.
+    // SAFETY: every offset stays below `n`.
     unsafe {
         while i + 4 * lanes <= full {
             for (u, mu) in m.iter_mut().enumerate() {
@@ -223,7 +223,7 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
     let shift = s.splat(-scale * max);
     let mut acc = [s.acc64_zero(), s.acc64_zero()];
     let mut i = 0;
-    // SAFETY (whole block): every offset stays below `n`.
+    // SAFETY: every offset stays below `n`.
     unsafe {
         while i + 2 * lanes <= full {
             for (u, a) in acc.iter_mut().enumerate() {
@@ -257,7 +257,7 @@ pub(crate) unsafe fn scale_in_place<S: Simd>(s: S, dst: *mut f32, n: usize, fact
     let lanes = S::LANES;
     let full = n / lanes * lanes;
     let f = s.splat(factor);
-    // SAFETY (whole block): every offset stays below `n`.
+    // SAFETY: every offset stays below `n`.
     unsafe {
         for i in (0..full).step_by(lanes) {
             s.store(dst.add(i), s.mul(s.load(dst.add(i)), f));

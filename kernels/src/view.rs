@@ -29,6 +29,10 @@ fn span(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> Resul
 /// True when `(i, j) -> i*rs + j*cs` is injective on the view, by the sufficient rule that
 /// the inner stride's whole extent fits inside one step of the outer stride.
 fn strides_are_injective(rows: usize, cols: usize, rs: usize, cs: usize) -> bool {
+    // An empty view has no elements to collide (`row_major(data, m, 0)` has row stride 0).
+    if rows == 0 || cols == 0 {
+        return true;
+    }
     if rows <= 1 || cols <= 1 {
         return (rows <= 1 || rs > 0) && (cols <= 1 || cs > 0);
     }

@@ -15,7 +15,7 @@ mod simd;
 pub(crate) use avx2::Avx2;
 pub(crate) use avx512::Avx512;
 pub(crate) use portable::Portable;
-pub use probe::fma_probe;
+pub use probe::{fma_probe, sum_probe};
 pub(crate) use simd::Simd;
 
 use std::fmt;

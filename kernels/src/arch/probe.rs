@@ -41,3 +41,37 @@ fn fma_chains<S: Simd, const CHAINS: usize>(s: S, iterations: usize) -> f64 {
     std::hint::black_box(s.reduce_add(total));
     (iterations * CHAINS * S::LANES * 2) as f64
 }
+
+/// Sums `data` with the widest loads of `isa` and four independent accumulators: the "plain
+/// sum over the same bytes" that bandwidth-bound kernels are compared against. Split over the
+/// current rayon pool when `threads > 1`.
+pub fn sum_probe(isa: Isa, data: &[f32], threads: usize) -> f32 {
+    if threads > 1 && data.len() >= 1 << 14 {
+        use rayon::prelude::*;
+        let chunk = data.len().div_ceil(threads * 4).next_multiple_of(64);
+        return data.par_chunks(chunk).map(|c| sum_probe(isa, c, 1)).sum();
+    }
+    let isa = if isa.is_available() {
+        isa
+    } else {
+        Isa::Portable
+    };
+    with_simd!(isa, |s| s.vectorize(
+        #[inline(always)]
+        || sum_lanes(s, data)
+    ))
+}
+
+#[inline(always)]
+fn sum_lanes<S: Simd>(s: S, data: &[f32]) -> f32 {
+    let mut acc = [s.zero(); 4];
+    let mut blocks = data.chunks_exact(4 * S::LANES);
+    for b in &mut blocks {
+        for (u, a) in acc.iter_mut().enumerate() {
+            // SAFETY: each block holds 4·LANES floats.
+            *a = s.add(*a, unsafe { s.load(b.as_ptr().add(u * S::LANES)) });
+        }
+    }
+    let total = s.add(s.add(acc[0], acc[1]), s.add(acc[2], acc[3]));
+    s.reduce_add(total) + blocks.remainder().iter().sum::<f32>()
+}

@@ -29,7 +29,7 @@ unsafe fn rows_into<S: Simd>(s: S, x: &[f32], b: Strided, n: usize, acc: *mut f3
     let lanes = S::LANES;
     let k = x.len();
     let full = n / lanes * lanes;
-    // SAFETY (whole function): every pointer below indexes rows < k and columns < n of `b`, or
+    // SAFETY: every pointer below indexes rows < k and columns < n of `b`, or
     // columns < n of `acc`, as the caller vouched.
     unsafe {
         for j in (0..full).step_by(lanes) {
@@ -86,7 +86,7 @@ unsafe fn columns_into<S: Simd>(s: S, x: &[f32], b: Strided, n: usize, acc: *mut
     let k = x.len();
     let full = k / lanes * lanes;
     let tail = k - full;
-    // SAFETY (whole function): column pointers index columns < n, and offsets stay < k.
+    // SAFETY: column pointers index columns < n, and offsets stay < k.
     unsafe {
         let mut j = 0;
         while j < n {

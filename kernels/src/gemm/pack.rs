@@ -102,8 +102,8 @@ pub(crate) unsafe fn pack_b_panel<S: Simd, const NV: usize>(
             let out = &mut dst[p * nr..(p + 1) * nr];
             let src = b.ptr.wrapping_add(p * b.rs);
             for (j, o) in out.iter_mut().enumerate() {
-                // SAFETY: `(p, j)` with `j < cols` is inside the vouched block.
                 *o = if j < cols {
+                    // SAFETY: `(p, j)` with `j < cols` is inside the vouched block.
                     unsafe { *src.add(j * b.cs) }
                 } else {
                     0.0

@@ -1,0 +1,712 @@
+//! Row softmax, its special cases and options, the vectorised `exp`, and the online (blockwise)
+//! softmax state, on every available ISA, against f64 references.
+
+mod common;
+
+use common::{exec_cases, exec_for, rng};
+use kernels::reference::softmax_f64;
+use kernels::{
+    Exec, Isa, KernelError, Mask, OnlineSoftmax, SoftmaxOptions, exp, softmax_rows,
+    softmax_rows_into,
+};
+use rand::Rng;
+
+const INF: f32 = f32::INFINITY;
+const NEG_INF: f32 = f32::NEG_INFINITY;
+
+/// One sequential exec per available ISA.
+fn isa_execs() -> Vec<Exec> {
+    Isa::available().into_iter().map(exec_for).collect()
+}
+
+fn opts(scale: f32, mask: Mask) -> SoftmaxOptions {
+    SoftmaxOptions { scale, mask }
+}
+
+/// Softmax of `data` (rows of `row_len`) both out of place and in place; asserts the two agree
+/// bit for bit and returns the result.
+fn softmax(exec: &Exec, data: &[f32], row_len: usize, o: SoftmaxOptions) -> Vec<f32> {
+    let mut out = vec![f32::from_bits(0x7fc0_0bad); data.len()];
+    softmax_rows_into(exec, data, &mut out, row_len, o).expect("softmax_rows_into");
+    let mut inplace = data.to_vec();
+    softmax_rows(exec, &mut inplace, row_len, o).expect("softmax_rows");
+    assert_eq!(
+        bits(&out),
+        bits(&inplace),
+        "[{}] in-place and out-of-place softmax differ",
+        exec.isa()
+    );
+    out
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// softmax(scale·row) in f64 (the scale applied in f64), for finite rows.
+fn softmax_scaled_f64(row: &[f32], scale: f32) -> Vec<f64> {
+    let y: Vec<f64> = row.iter().map(|&x| x as f64 * scale as f64).collect();
+    let max = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = y.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / sum).collect()
+}
+
+/// Per-element check against the f64 reference: NaN where it is NaN; exactly 0 where the input
+/// is −∞ (masked); otherwise |err| ≤ 2e-6, and relative error ≤ 1e-5 above 1e-3.
+fn check_row(got: &[f32], input: &[f32], want: &[f64], ctx: &str) {
+    assert_eq!(got.len(), want.len());
+    for (j, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{ctx}: [{j}] = {g}, expected NaN");
+            continue;
+        }
+        if input[j] == NEG_INF {
+            assert!(
+                g == 0.0,
+                "{ctx}: [{j}] (input −∞) = {g:e}, expected exactly 0"
+            );
+        }
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= 2e-6,
+            "{ctx}: [{j}] = {g:e}, expected {w:e} (abs error {err:e} > 2e-6; input {})",
+            input[j]
+        );
+        if w > 1e-3 {
+            assert!(
+                err / w <= 1e-5,
+                "{ctx}: [{j}] = {g:e}, expected {w:e} (rel error {:e} > 1e-5)",
+                err / w
+            );
+        }
+    }
+}
+
+/// The row sums to 1 within 1e-6 (summed in f64).
+fn check_sum(got: &[f32], ctx: &str) {
+    let s: f64 = got.iter().map(|&v| v as f64).sum();
+    assert!((s - 1.0).abs() <= 1e-6, "{ctx}: row sums to {s}");
+}
+
+const LENGTHS: [usize; 6] = [127, 128, 129, 1000, 4096, 32768];
+
+#[test]
+fn random_rows_against_reference() {
+    let mut rng = rng(20);
+    let lens: Vec<usize> = (1..=70).chain(LENGTHS).collect();
+    for exec in isa_execs() {
+        for &len in &lens {
+            // Three rows per call (one call for the longest rows), logits in ±8 and ±40.
+            let rows = if len > 4096 { 1 } else { 3 };
+            for spread in [8.0f32, 40.0] {
+                let data: Vec<f32> = (0..rows * len)
+                    .map(|_| rng.random_range(-spread..=spread))
+                    .collect();
+                let got = softmax(&exec, &data, len, SoftmaxOptions::default());
+                for r in 0..rows {
+                    let ctx = format!("[{}] len={len} spread={spread} row={r}", exec.isa());
+                    let (input, out) = (&data[r * len..][..len], &got[r * len..][..len]);
+                    check_row(out, input, &softmax_f64(input), &ctx);
+                    check_sum(out, &ctx);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn masked_entries() {
+    let mut rng = rng(21);
+    for exec in isa_execs() {
+        for len in [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 70, 129] {
+            let isa = exec.isa();
+            // Fully masked: zeros, never NaN.
+            let out = softmax(&exec, &vec![NEG_INF; len], len, SoftmaxOptions::default());
+            assert!(out.iter().all(|&v| v == 0.0), "[{isa}] len={len}: {out:?}");
+            // Some −∞ (first, last, every third): exactly 0 there, the softmax elsewhere.
+            let mut row: Vec<f32> = (0..len).map(|_| rng.random_range(-5.0..=5.0)).collect();
+            for j in (0..len).filter(|j| j % 3 == 0 || *j == len - 1) {
+                row[j] = NEG_INF;
+            }
+            let out = softmax(&exec, &row, len, SoftmaxOptions::default());
+            let ctx = format!("[{isa}] len={len} partly masked");
+            check_row(&out, &row, &softmax_f64(&row), &ctx);
+            if row.iter().any(|v| v.is_finite()) {
+                check_sum(&out, &ctx);
+            }
+        }
+        // Empty input.
+        let mut empty: [f32; 0] = [];
+        softmax_rows(&exec, &mut empty, 0, SoftmaxOptions::default()).unwrap();
+        softmax_rows(&exec, &mut empty, 5, SoftmaxOptions::default()).unwrap();
+    }
+}
+
+#[test]
+fn nan_poisons_the_whole_row() {
+    let mut rng = rng(22);
+    for exec in isa_execs() {
+        let isa = exec.isa();
+        for len in [1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 70, 129] {
+            // Positions in the first vector, the middle, and the tail past the last full vector.
+            for pos in [0, len / 2, len - 1] {
+                let mut row: Vec<f32> = (0..len).map(|_| rng.random_range(-5.0..=5.0)).collect();
+                row[pos] = f32::NAN;
+                let out = softmax(&exec, &row, len, SoftmaxOptions::default());
+                assert!(
+                    out.iter().all(|v| v.is_nan()),
+                    "[{isa}] len={len} NaN at {pos}: {out:?}"
+                );
+                // NaN together with +∞, and in an otherwise masked row.
+                let mut with_inf = row.clone();
+                with_inf[(pos + 1) % len] = INF;
+                with_inf[pos] = f32::NAN;
+                let out = softmax(&exec, &with_inf, len, SoftmaxOptions::default());
+                assert!(out.iter().all(|v| v.is_nan()), "[{isa}] {with_inf:?}");
+                let mut masked = vec![NEG_INF; len];
+                masked[pos] = f32::NAN;
+                let out = softmax(&exec, &masked, len, SoftmaxOptions::default());
+                assert!(out.iter().all(|v| v.is_nan()), "[{isa}] {masked:?}");
+            }
+        }
+        for row in [
+            vec![f32::NAN, NEG_INF],
+            vec![NEG_INF, f32::NAN],
+            vec![f32::NAN],
+            vec![INF, f32::NAN],
+        ] {
+            let out = softmax(&exec, &row, row.len(), SoftmaxOptions::default());
+            assert!(out.iter().all(|v| v.is_nan()), "[{isa}] {row:?} -> {out:?}");
+        }
+    }
+}
+
+/// Rows whose result is known exactly.
+#[test]
+fn exact_special_rows() {
+    let third = 1.0f32 / 3.0;
+    let big = f32::MAX;
+    let cases: Vec<(Vec<f32>, Vec<f32>)> = vec![
+        (vec![INF, 1.0], vec![1.0, 0.0]),
+        (vec![INF, INF, 0.0], vec![0.5, 0.5, 0.0]),
+        (vec![NEG_INF, INF], vec![0.0, 1.0]),
+        (
+            vec![1.0, INF, NEG_INF, INF, INF],
+            vec![0.0, third, 0.0, third, third],
+        ),
+        (vec![1e30, -1e30, 0.0, 1e30], vec![0.5, 0.0, 0.0, 0.5]),
+        (vec![1e30, 0.0], vec![1.0, 0.0]),
+        (vec![-1e30, -1e30], vec![0.5, 0.5]),
+        (vec![big, -big], vec![1.0, 0.0]),
+        (vec![big, big], vec![0.5, 0.5]),
+        (vec![-big, -big, NEG_INF], vec![0.5, 0.5, 0.0]),
+        (vec![3.0; 64], vec![1.0 / 64.0; 64]),
+    ];
+    for exec in isa_execs() {
+        for (row, want) in &cases {
+            let out = softmax(&exec, row, row.len(), SoftmaxOptions::default());
+            assert_eq!(&out, want, "[{}] softmax({row:?})", exec.isa());
+        }
+        // +∞ in the tail past the last full vector of a long row.
+        for len in [17, 33, 37, 70] {
+            let mut row: Vec<f32> = (0..len).map(|j| j as f32 * 0.5 - 3.0).collect();
+            row[len - 1] = INF;
+            let out = softmax(&exec, &row, len, SoftmaxOptions::default());
+            let mut want = vec![0.0; len];
+            want[len - 1] = 1.0;
+            assert_eq!(out, want, "[{}] len={len} +∞ last", exec.isa());
+        }
+        // A row of length 1 is exactly 1 (unless −∞ or NaN), whatever the value and scale.
+        for x in [0.0, -5.0, 88.0, -200.0, 1e30, -1e30, INF, f32::MIN_POSITIVE] {
+            for scale in [1.0, 0.125, 1e-30] {
+                let out = softmax(&exec, &[x], 1, opts(scale, Mask::None));
+                assert_eq!(out, [1.0], "[{}] softmax([{x}]) scale {scale}", exec.isa());
+            }
+        }
+        assert_eq!(
+            softmax(&exec, &[NEG_INF], 1, SoftmaxOptions::default()),
+            [0.0]
+        );
+    }
+}
+
+/// Huge and all-negative logits give the right finite softmax.
+#[test]
+fn extreme_logits() {
+    let mut rng = rng(23);
+    for exec in isa_execs() {
+        for len in [2, 9, 17, 100] {
+            let rows: Vec<Vec<f32>> = vec![
+                (0..len)
+                    .map(|_| rng.random_range(-1.0f32..=1.0) * 1e30)
+                    .collect(),
+                (0..len)
+                    .map(|_| 1e30 + rng.random_range(0.0f32..=1.0) * 1e24)
+                    .collect(),
+                (0..len)
+                    .map(|_| rng.random_range(-1000.0f32..=-990.0))
+                    .collect(),
+                (0..len)
+                    .map(|_| rng.random_range(-1e30f32..=-1e29))
+                    .collect(),
+                (0..len)
+                    .map(|_| rng.random_range(-90.0f32..=-1.0))
+                    .collect(),
+            ];
+            for row in rows {
+                let out = softmax(&exec, &row, len, SoftmaxOptions::default());
+                let ctx = format!("[{}] {row:?}", exec.isa());
+                assert!(out.iter().all(|v| v.is_finite()), "{ctx}: {out:?}");
+                check_row(&out, &row, &softmax_f64(&row), &ctx);
+                check_sum(&out, &ctx);
+            }
+        }
+    }
+}
+
+#[test]
+fn scale_option() {
+    let mut rng = rng(24);
+    for exec in isa_execs() {
+        for scale in [0.125, 1.0 / 128f32.sqrt(), 3.0, 1e-3] {
+            for len in [1, 5, 16, 33, 128, 1000] {
+                let data: Vec<f32> = (0..2 * len)
+                    .map(|_| rng.random_range(-10.0..=10.0))
+                    .collect();
+                let out = softmax(&exec, &data, len, opts(scale, Mask::None));
+                for r in 0..2 {
+                    let (input, got) = (&data[r * len..][..len], &out[r * len..][..len]);
+                    let ctx = format!("[{}] scale={scale} len={len} row={r}", exec.isa());
+                    check_row(got, input, &softmax_scaled_f64(input, scale), &ctx);
+                    check_sum(got, &ctx);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_arguments() {
+    let exec = Exec::new();
+    let orig: Vec<f32> = (0..12).map(|i| i as f32).collect();
+    for scale in [0.0, -0.0, -1.0, f32::NAN, INF, NEG_INF] {
+        let mut data = orig.clone();
+        let r = softmax_rows(&exec, &mut data, 4, opts(scale, Mask::None));
+        assert!(
+            matches!(r, Err(KernelError::InvalidArgument(_))),
+            "scale {scale}: {r:?}"
+        );
+        assert_eq!(data, orig);
+        let mut out = vec![9.0; 12];
+        let r = softmax_rows_into(&exec, &orig, &mut out, 4, opts(scale, Mask::None));
+        assert!(matches!(r, Err(KernelError::InvalidArgument(_))));
+        assert_eq!(out, vec![9.0; 12]);
+    }
+    let mut data = orig.clone();
+    for row_len in [5, 7, 13] {
+        let r = softmax_rows(&exec, &mut data, row_len, SoftmaxOptions::default());
+        assert!(
+            matches!(r, Err(KernelError::ShapeMismatch { got: 12, .. })),
+            "row_len {row_len}: {r:?}"
+        );
+        assert_eq!(data, orig);
+    }
+    let r = softmax_rows(&exec, &mut data, 0, SoftmaxOptions::default());
+    assert!(matches!(r, Err(KernelError::InvalidArgument(_))), "{r:?}");
+    let mut short = vec![9.0; 8];
+    let r = softmax_rows_into(&exec, &orig, &mut short, 4, SoftmaxOptions::default());
+    assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
+    assert_eq!(short, vec![9.0; 8]);
+    assert_eq!(data, orig);
+}
+
+#[test]
+fn causal_mask() {
+    let mut rng = rng(25);
+    for exec in isa_execs() {
+        for row_len in [1, 7, 16, 33] {
+            let rows = 6;
+            let data: Vec<f32> = (0..rows * row_len)
+                .map(|_| rng.random_range(-6.0..=6.0))
+                .collect();
+            for offset in [0, 2, row_len - 1, row_len + 20] {
+                for scale in [1.0, 0.25] {
+                    let out = softmax(&exec, &data, row_len, opts(scale, Mask::Causal { offset }));
+                    for i in 0..rows {
+                        let keep = (i + offset + 1).min(row_len);
+                        let (input, got) = (&data[i * row_len..][..keep], &out[i * row_len..]);
+                        let ctx = format!(
+                            "[{}] row_len={row_len} offset={offset} scale={scale} row={i}",
+                            exec.isa()
+                        );
+                        assert!(
+                            got[keep..row_len].iter().all(|&v| v.to_bits() == 0),
+                            "{ctx}: masked entries {:?}",
+                            &got[keep..row_len]
+                        );
+                        check_row(&got[..keep], input, &softmax_scaled_f64(input, scale), &ctx);
+                        check_sum(&got[..keep], &ctx);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The same rows give bit-identical results sequentially and on 2 threads, with the batches
+/// large enough to be split into several tasks.
+#[test]
+fn threads_agree_bitwise() {
+    let mut rng = rng(26);
+    let cases = exec_cases();
+    for (row_len, rows) in [(4096, 8), (100, 400), (7, 5000), (129, 300)] {
+        let data: Vec<f32> = (0..row_len * rows)
+            .map(|_| rng.random_range(-8.0..=8.0))
+            .collect();
+        for o in [
+            SoftmaxOptions::default(),
+            opts(0.125, Mask::Causal { offset: 3 }),
+        ] {
+            for pair in cases.chunks(2) {
+                let results: Vec<Vec<f32>> = pair
+                    .iter()
+                    .map(|case| case.run(|| softmax(&case.exec, &data, row_len, o)))
+                    .collect();
+                assert_eq!(
+                    bits(&results[0]),
+                    bits(&results[1]),
+                    "{} vs {}: row_len={row_len} rows={rows} {o:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// exp
+
+/// `exp` of each value, embedded at several positions of a 37-long input (full vectors and the
+/// partial tail of every ISA).
+fn exp_at_positions(exec: &Exec, x: f32) -> Vec<f32> {
+    let mut results = Vec::new();
+    for pos in [0, 20, 36] {
+        let mut input = vec![0.0f32; 37];
+        input[pos] = x;
+        let mut out = vec![f32::NAN; 37];
+        exp(exec, &input, &mut out).unwrap();
+        for (j, &v) in out.iter().enumerate() {
+            if j != pos {
+                assert_eq!(v, 1.0, "exp(0) at {j}");
+            }
+        }
+        results.push(out[pos]);
+    }
+    results
+}
+
+#[test]
+fn exp_special_values() {
+    for exec in isa_execs() {
+        let isa = exec.isa();
+        let all = |x: f32, f: &dyn Fn(f32) -> bool, what: &str| {
+            for v in exp_at_positions(&exec, x) {
+                assert!(f(v), "[{isa}] exp({x:e}) = {v:e}, expected {what}");
+            }
+        };
+        all(NEG_INF, &|v| v.to_bits() == 0, "+0 exactly");
+        all(INF, &|v| v == INF, "+inf");
+        all(f32::NAN, &|v| v.is_nan(), "NaN");
+        all(0.0, &|v| v == 1.0, "1");
+        all(-0.0, &|v| v == 1.0, "1");
+        all(88.72, &|v| v.is_finite() && v > 3.0e38, "finite, ~3.4e38");
+        all(88.73, &|v| v == INF, "+inf (overflow)");
+        all(1000.0, &|v| v == INF, "+inf (overflow)");
+        all(-103.98, &|v| v.to_bits() == 0, "+0 (underflow)");
+        all(-1000.0, &|v| v.to_bits() == 0, "+0 (underflow)");
+        all(
+            -103.0,
+            &|v| v > 0.0 && v < f32::MIN_POSITIVE,
+            "a positive subnormal",
+        );
+        all(-88.0, &|v| v > 0.0, "positive");
+        all(1.0, &|v| v == std::f32::consts::E, "e");
+        // Length checks.
+        let mut out = [0.0f32; 3];
+        assert!(matches!(
+            exp(&exec, &[1.0, 2.0], &mut out),
+            Err(KernelError::ShapeMismatch { .. })
+        ));
+        exp(&exec, &[], &mut []).unwrap();
+    }
+}
+
+/// Distance in units in the last place between two non-NaN results of the same sign (exp is
+/// never negative). inf == inf and 0 == 0 give 0; f32::MAX against +inf gives 1.
+fn ulps(a: f32, b: f32) -> u64 {
+    assert!(!a.is_nan() && !b.is_nan() && a >= 0.0 && b >= 0.0);
+    (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
+}
+
+/// Every 4099th f32 bit pattern (finite inputs only) against f64 exp rounded to f32; at most
+/// 2 ulp on every path. The exhaustive measurement is `examples/exp_ulp.rs` in kernels.
+#[test]
+fn exp_sampled_ulp_error() {
+    let inputs: Vec<f32> = (0..=u32::MAX)
+        .step_by(4099)
+        .map(f32::from_bits)
+        .filter(|x| x.is_finite())
+        .collect();
+    let want: Vec<f32> = inputs.iter().map(|&x| (x as f64).exp() as f32).collect();
+    for exec in isa_execs() {
+        let mut got = vec![0.0f32; inputs.len()];
+        exp(&exec, &inputs, &mut got).unwrap();
+        let (mut max, mut arg) = (0u64, 0.0f32);
+        for ((&x, &g), &w) in inputs.iter().zip(&got).zip(&want) {
+            assert!(!g.is_nan(), "[{}] exp({x:e}) = NaN", exec.isa());
+            let u = ulps(g, w);
+            if u > max {
+                (max, arg) = (u, x);
+            }
+        }
+        println!(
+            "[{}] exp: max {max} ulp over {} sampled inputs (at x = {arg:e}: got {:e}, f64 {:e})",
+            exec.isa(),
+            inputs.len(),
+            got[inputs
+                .iter()
+                .position(|&x| x.to_bits() == arg.to_bits())
+                .unwrap()],
+            (arg as f64).exp()
+        );
+        assert!(
+            max <= 2,
+            "[{}] exp error {max} ulp at x = {arg:e}",
+            exec.isa()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// OnlineSoftmax
+
+/// Absorbs `row` block by block the way attention does, keeping a running weight per score
+/// (rescaled by every returned factor) and a running weighted sum of `values` (rows of `d`).
+/// Returns the final state, the weights and the weighted sum.
+fn absorb_in_blocks(
+    exec: &Exec,
+    row: &[f32],
+    block: usize,
+    values: &[f32],
+    d: usize,
+) -> (OnlineSoftmax, Vec<f32>, Vec<f32>) {
+    let mut state = OnlineSoftmax::EMPTY;
+    let mut weights: Vec<f32> = Vec::new();
+    let mut acc = vec![0.0f32; d];
+    for (b, chunk) in row.chunks(block).enumerate() {
+        let mut w = chunk.to_vec();
+        let factor = state.absorb(exec, &mut w);
+        weights.iter_mut().for_each(|x| *x *= factor);
+        acc.iter_mut().for_each(|x| *x *= factor);
+        for (i, &wi) in w.iter().enumerate() {
+            let v = &values[(b * block + i) * d..][..d];
+            acc.iter_mut().zip(v).for_each(|(a, &vj)| *a += wi * vj);
+        }
+        weights.extend(w);
+    }
+    (state, weights, acc)
+}
+
+#[test]
+fn online_absorb_in_blocks_matches_one_shot() {
+    let mut rng = rng(27);
+    let d = 8;
+    for exec in isa_execs() {
+        for len in [1, 5, 40, 200] {
+            let row: Vec<f32> = (0..len).map(|_| rng.random_range(-6.0..=6.0)).collect();
+            let values: Vec<f32> = (0..len * d).map(|_| rng.random_range(-1.0..=1.0)).collect();
+            let want = softmax_f64(&row);
+            let max = row.iter().cloned().fold(NEG_INF, f32::max);
+            let want_sum: f64 = row.iter().map(|&x| (x as f64 - max as f64).exp()).sum();
+            let want_out: Vec<f64> = (0..d)
+                .map(|j| (0..len).map(|i| want[i] * values[i * d + j] as f64).sum())
+                .collect();
+            for block in [1, 3, 16, 17, len] {
+                let ctx = format!("[{}] len={len} block={block}", exec.isa());
+                let (state, weights, acc) = absorb_in_blocks(&exec, &row, block, &values, d);
+                assert_eq!(state.max, max, "{ctx}");
+                assert!(
+                    ((state.sum as f64 - want_sum) / want_sum).abs() <= 1e-6,
+                    "{ctx}: sum {} vs {want_sum}",
+                    state.sum
+                );
+                let inv = state.inverse_sum();
+                let probs: Vec<f32> = weights.iter().map(|w| w * inv).collect();
+                check_row(&probs, &row, &want, &ctx);
+                for j in 0..d {
+                    let got = acc[j] * inv;
+                    assert!(
+                        (got as f64 - want_out[j]).abs() <= 2e-6,
+                        "{ctx}: output[{j}] = {got}, expected {}",
+                        want_out[j]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn online_absorb_infinities() {
+    for exec in isa_execs() {
+        let row = [1.0, INF, 2.0, NEG_INF, INF];
+        for block in [1, 2, 5] {
+            let (state, weights, _) = absorb_in_blocks(&exec, &row, block, &[0.0; 5], 1);
+            assert_eq!(state.max, INF);
+            let probs: Vec<f32> = weights.iter().map(|w| w * state.inverse_sum()).collect();
+            assert_eq!(probs, [0.0, 0.5, 0.0, 0.0, 0.5], "block {block}");
+        }
+    }
+}
+
+/// One block's state and its weights placed in a full-length vector (zero elsewhere).
+type Part = (OnlineSoftmax, Vec<f32>);
+
+fn merge_parts(x: &Part, y: &Part) -> Part {
+    let (state, fx, fy) = x.0.merge(y.0);
+    let w = x.1.iter().zip(&y.1).map(|(a, b)| a * fx + b * fy).collect();
+    (state, w)
+}
+
+fn merge_tree(parts: &[Part]) -> Part {
+    match parts.len() {
+        1 => parts[0].clone(),
+        n => merge_parts(&merge_tree(&parts[..n / 2]), &merge_tree(&parts[n / 2..])),
+    }
+}
+
+#[test]
+fn online_merge_any_order_matches_one_shot() {
+    let mut rng = rng(28);
+    for exec in isa_execs() {
+        for (len, block) in [(100, 16), (37, 5), (64, 64), (9, 1)] {
+            let mut row: Vec<f32> = (0..len).map(|_| rng.random_range(-6.0..=6.0)).collect();
+            // One fully masked block, which must contribute nothing.
+            if len / block > 2 {
+                row[block..2 * block].fill(NEG_INF);
+            }
+            let parts: Vec<Part> = (0..len)
+                .step_by(block)
+                .map(|start| {
+                    let end = (start + block).min(len);
+                    let mut state = OnlineSoftmax::EMPTY;
+                    let mut w = row[start..end].to_vec();
+                    let factor = state.absorb(&exec, &mut w);
+                    assert_eq!(
+                        factor,
+                        if state == OnlineSoftmax::EMPTY {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    );
+                    let mut full = vec![0.0f32; len];
+                    full[start..end].copy_from_slice(&w);
+                    (state, full)
+                })
+                .collect();
+            let forward = parts[1..]
+                .iter()
+                .fold(parts[0].clone(), |acc, p| merge_parts(&acc, p));
+            let reverse = parts[..parts.len() - 1]
+                .iter()
+                .rev()
+                .fold(parts[parts.len() - 1].clone(), |acc, p| {
+                    merge_parts(p, &acc)
+                });
+            let reverse_swapped = parts[..parts.len() - 1]
+                .iter()
+                .rev()
+                .fold(parts[parts.len() - 1].clone(), |acc, p| {
+                    merge_parts(&acc, p)
+                });
+            let tree = merge_tree(&parts);
+            let want = softmax_f64(&row);
+            let max = row.iter().cloned().fold(NEG_INF, f32::max);
+            for (name, (state, w)) in [
+                ("forward", forward),
+                ("reverse", reverse),
+                ("reverse, swapped operands", reverse_swapped),
+                ("tree", tree),
+            ] {
+                let ctx = format!("[{}] len={len} block={block} {name}", exec.isa());
+                assert_eq!(state.max, max, "{ctx}");
+                let inv = state.inverse_sum();
+                for (j, (&wj, &e)) in w.iter().zip(&want).enumerate() {
+                    let got = wj * inv;
+                    assert!(
+                        (got as f64 - e).abs() <= 1e-6,
+                        "{ctx}: [{j}] = {got:e}, expected {e:e}"
+                    );
+                    if row[j] == NEG_INF {
+                        assert_eq!(got, 0.0, "{ctx}: masked [{j}]");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn online_empty_is_identity() {
+    let exec = Exec::new();
+    let e = OnlineSoftmax::EMPTY;
+    assert_eq!(OnlineSoftmax::default(), e);
+    assert_eq!(e.inverse_sum(), 0.0);
+    assert_eq!(e.merge(e).0, e);
+
+    let mut states = Vec::new();
+    for row in [
+        vec![1.0, 2.0, 3.0],
+        vec![-1e30, 5.0],
+        vec![INF, 0.0],
+        vec![-50.0],
+    ] {
+        let mut s = OnlineSoftmax::EMPTY;
+        let mut w = row.clone();
+        s.absorb(&exec, &mut w);
+        states.push(s);
+    }
+    for s in states {
+        let (m, fs, fe) = s.merge(e);
+        assert_eq!((m, fs, fe), (s, 1.0, 0.0), "{s:?} merge EMPTY");
+        let (m, fe, fs) = e.merge(s);
+        assert_eq!((m, fe, fs), (s, 0.0, 1.0), "EMPTY merge {s:?}");
+        assert!(s.inverse_sum() > 0.0);
+
+        // Absorbing a fully masked block changes nothing and gives zero weights.
+        for len in [1, 7, 16, 40] {
+            let mut t = s;
+            let mut w = vec![NEG_INF; len];
+            let factor = t.absorb(&exec, &mut w);
+            assert_eq!(factor, 1.0);
+            assert_eq!(t, s);
+            assert!(w.iter().all(|&x| x == 0.0), "{w:?}");
+        }
+    }
+    // Absorbing only −∞ (or nothing) leaves EMPTY, with a factor of 1.
+    for len in [0, 1, 9, 33] {
+        let mut t = OnlineSoftmax::EMPTY;
+        let mut w = vec![NEG_INF; len];
+        assert_eq!(t.absorb(&exec, &mut w), 1.0);
+        assert_eq!(t, OnlineSoftmax::EMPTY);
+        assert_eq!(t.inverse_sum(), 0.0);
+        assert!(w.iter().all(|&x| x == 0.0));
+    }
+    // A NaN score poisons the sum.
+    let mut t = OnlineSoftmax::EMPTY;
+    t.absorb(&exec, &mut [1.0, f32::NAN, 2.0]);
+    assert!(t.sum.is_nan());
+}
