@@ -303,7 +303,7 @@ fn bf16_round_to_nearest_even_sampled() {
             lo
         } else if dhi < dlo {
             hi
-        } else if lo % 2 == 0 {
+        } else if lo.is_multiple_of(2) {
             lo
         } else {
             hi

@@ -5,8 +5,8 @@
 //! holds exactly the window), so each KV head's keys and values are streamed once, block by
 //! block: for each block, every query head of the group computes `s = scale·K_blk·q`, folds it
 //! into its running [`OnlineSoftmax`] state and adds `softmax weights · V_blk` to its
-//! accumulator. The block (≤ 128 KiB of K and of V) is read from memory once and from L2 by the
-//! other heads of the group. Work items are (KV head, sequence split); splits are merged with
+//! accumulator. A block of K and V (32 KiB together, `kernels::attend_block_rows`) is read from
+//! memory once and from L1 by the other heads of the group. Work items are (KV head, sequence split); splits are merged with
 //! the exact log-sum-exp rule, so one head at 32k tokens uses every thread.
 
 use crate::cache::KvCache;
@@ -65,9 +65,6 @@ impl HeadConfig {
     }
 }
 
-/// Keys per block of the decode kernel: 256 × 128 × 4 B = 128 KiB of K (and of V) stays in L2
-/// while the group's query heads reuse it.
-pub const DECODE_BLOCK: usize = 256;
 /// No split is made shorter than this many keys (below it, merging costs more than it saves).
 pub const MIN_SPLIT: usize = 512;
 
@@ -97,7 +94,11 @@ impl DecodeScratch {
             .map(|_| Partial {
                 states: vec![OnlineSoftmax::EMPTY; g],
                 acc: vec![0.0; g * heads.head_dim],
-                scores: vec![0.0; g * DECODE_BLOCK],
+                // Room for the longest block of either storage type.
+                scores: vec![
+                    0.0;
+                    g * kernels::attend_block_rows(heads.head_dim, kernels::KvDtype::Bf16)
+                ],
             })
             .collect();
         Ok(Self {
@@ -190,24 +191,16 @@ pub fn decode_attention(
             .iter_mut()
             .for_each(|s| *s = OnlineSoftmax::EMPTY);
         part.acc.iter_mut().for_each(|a| *a = 0.0);
-        let mut b0 = range.start;
-        while b0 < range.end {
-            let b1 = (b0 + DECODE_BLOCK).min(range.end);
-            let keys = cache.rows(layer, false, kv, b0..b1)?;
-            let values = cache.rows(layer, true, kv, b0..b1)?;
-            for h in 0..g {
-                let qh = &q[(kv * g + h) * d..(kv * g + h + 1) * d];
-                let scores = &mut part.scores[h * DECODE_BLOCK..h * DECODE_BLOCK + (b1 - b0)];
-                let acc = &mut part.acc[h * d..(h + 1) * d];
-                kernels::dot_rows(&inner, qh, keys, scale, scores)?;
-                let factor = part.states[h].absorb(&inner, scores);
-                if factor != 1.0 {
-                    kernels::scale_slice(&inner, acc, factor);
-                }
-                kernels::accumulate_rows(&inner, scores, values, acc)?;
-            }
-            b0 = b1;
-        }
+        kernels::attend_partial(
+            &inner,
+            &q[kv * g * d..(kv + 1) * g * d],
+            cache.rows(layer, false, kv, range.clone())?,
+            cache.rows(layer, true, kv, range)?,
+            scale,
+            &mut part.states,
+            &mut part.acc,
+            &mut part.scores,
+        )?;
         Ok(())
     };
     let parts = &mut scratch.partials[..items];

@@ -10,8 +10,8 @@ mod layer;
 pub mod reference;
 mod rope;
 pub use attention::{
-    DECODE_BLOCK, DecodeOptions, DecodeScratch, HeadConfig, MIN_SPLIT, PrefillScratch,
-    choose_splits, decode_attention, prefill_attention, visible,
+    DecodeOptions, DecodeScratch, HeadConfig, MIN_SPLIT, PrefillScratch, choose_splits,
+    decode_attention, prefill_attention, visible,
 };
 pub use cache::{CacheConfig, KvCache};
 pub use error::{DecodeError, Result};

@@ -5,6 +5,7 @@
 use crate::arch::{Simd, with_simd};
 use crate::error::{Result, check_dim, check_len};
 use crate::exec::Exec;
+use crate::softmax::OnlineSoftmax;
 
 /// A bfloat16 value: the upper 16 bits of an f32 (8-bit exponent, 7-bit mantissa).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,6 +179,190 @@ pub fn accumulate_rows(
         }
     ));
     Ok(())
+}
+
+/// Rows of keys (and of values) per block of [`attend_partial`]: K and V blocks together stay
+/// within 32 KiB, so they remain in L1 while every query head of the group reads them.
+pub fn attend_block_rows(head_dim: usize, dtype: KvDtype) -> usize {
+    (32 * 1024 / (2 * head_dim.max(1) * dtype.bytes())).clamp(8, 256)
+}
+
+/// The flash-decoding inner loop for a group of `g` query heads that share one KV head:
+/// streams `n` keys and values block by block ([`attend_block_rows`] rows each), and for every
+/// head folds `scale · K·q_h` into its running softmax state `states[h]` and
+/// `Σ weight · v` into its unnormalised accumulator `acc[h·d ..]`. Keys and values are read
+/// from memory once for the whole group. `q`: `g × d`; `keys`, `values`: `n × d`; `scores`:
+/// scratch of at least `g × block` floats. Call again with more rows to continue; the result
+/// is `acc[h] · states[h].inverse_sum()`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_partial(
+    exec: &Exec,
+    q: &[f32],
+    keys: KvRows<'_>,
+    values: KvRows<'_>,
+    scale: f32,
+    states: &mut [OnlineSoftmax],
+    acc: &mut [f32],
+    scores: &mut [f32],
+) -> Result<()> {
+    let g = states.len();
+    check_dim("acc length vs q length", q.len(), acc.len())?;
+    if g == 0 || !q.len().is_multiple_of(g) {
+        return Err(crate::KernelError::InvalidArgument(
+            "q length must be a positive multiple of the number of states (heads)",
+        ));
+    }
+    let d = q.len() / g;
+    check_dim("values length vs keys length", keys.len(), values.len())?;
+    if d == 0 || !keys.len().is_multiple_of(d) {
+        return Err(crate::KernelError::InvalidArgument(
+            "keys length must be a multiple of the head dimension",
+        ));
+    }
+    let dtype = match keys {
+        KvRows::F32(_) => KvDtype::F32,
+        KvRows::Bf16(_) => KvDtype::Bf16,
+    };
+    let block = attend_block_rows(d, dtype);
+    check_len("scores scratch", g * block, scores.len())?;
+    let n = keys.len() / d;
+    with_simd!(exec.isa(), |s| s.vectorize(
+        #[inline(always)]
+        || match (keys, values) {
+            (KvRows::F32(k), KvRows::F32(v)) => {
+                attend_impl(s, q, k, v, n, block, scale, states, acc, scores)
+            }
+            (KvRows::Bf16(k), KvRows::Bf16(v)) => {
+                attend_impl(s, q, k, v, n, block, scale, states, acc, scores)
+            }
+            _ => Err(crate::KernelError::InvalidArgument(
+                "keys and values must have the same storage type",
+            )),
+        }
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_impl<S: Simd, T: Elem>(
+    s: S,
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    n: usize,
+    block: usize,
+    scale: f32,
+    states: &mut [OnlineSoftmax],
+    acc: &mut [f32],
+    scores: &mut [f32],
+) -> Result<()> {
+    let d = q.len() / states.len();
+    let mut b0 = 0;
+    while b0 < n {
+        let rows = block.min(n - b0);
+        let (kb, vb) = (
+            &keys[b0 * d..(b0 + rows) * d],
+            &values[b0 * d..(b0 + rows) * d],
+        );
+        dot_rows_group(s, q, kb, d, rows, block, scale, scores);
+        for (h, state) in states.iter_mut().enumerate() {
+            let sc = &mut scores[h * block..h * block + rows];
+            let factor = state.absorb_in(s, sc);
+            let a = &mut acc[h * d..(h + 1) * d];
+            if factor != 1.0 {
+                // SAFETY: `a` is a borrowed slice of `d` floats.
+                unsafe { crate::softmax::scale_in_place(s, a.as_mut_ptr(), d, factor) };
+            }
+            accumulate_rows_impl(s, sc, vb, a);
+        }
+        b0 += rows;
+    }
+    Ok(())
+}
+
+/// `scores[h·block + r] = scale · (q_h · kb[r])` for every head `h` of the group and row `r`.
+/// Each key row is loaded (and widened, for bf16) once into registers and reused by every
+/// head, when the head fits in 8 vectors; other head sizes take the per-head path.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn dot_rows_group<S: Simd, T: Elem>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    d: usize,
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let g = q.len() / d;
+    macro_rules! fixed {
+        ($v:literal) => {
+            // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `q` g·d and `scores` g·block.
+            unsafe { dot_rows_group_fixed::<S, T, $v>(s, q, kb, g, rows, block, scale, scores) }
+        };
+    }
+    if d.is_multiple_of(S::LANES) {
+        match d / S::LANES {
+            8 => return fixed!(8),
+            7 => return fixed!(7),
+            6 => return fixed!(6),
+            5 => return fixed!(5),
+            4 => return fixed!(4),
+            3 => return fixed!(3),
+            2 => return fixed!(2),
+            1 => return fixed!(1),
+            _ => {}
+        }
+    }
+    for h in 0..g {
+        let sc = &mut scores[h * block..h * block + rows];
+        dot_rows_impl(s, &q[h * d..(h + 1) * d], kb, scale, sc);
+    }
+}
+
+/// [`dot_rows_group`] for a head of exactly `V` vectors, the key row held in `V` registers.
+///
+/// # Safety
+/// `d = V·LANES`; `kb` holds `rows·d`, `q` holds `g·d` and `scores` holds `g·block` elements,
+/// `rows ≤ block`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    g: usize,
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let d = V * lanes;
+    debug_assert!(kb.len() >= rows * d && q.len() >= g * d && scores.len() >= g * block);
+    // SAFETY: every offset below stays inside the lengths the caller vouched for.
+    unsafe {
+        for r in 0..rows {
+            let row = kb.as_ptr().add(r * d);
+            let k: [S::V; V] = std::array::from_fn(|v| T::load(s, row.add(v * lanes)));
+            for h in 0..g {
+                let qh = q.as_ptr().add(h * d);
+                // Two chains per head; heads are independent, so their chains overlap.
+                let mut even = s.mul(s.load(qh), k[0]);
+                let mut odd = s.zero();
+                for (v, kv) in k.iter().enumerate().skip(1) {
+                    let qv = s.load(qh.add(v * lanes));
+                    if v % 2 == 0 {
+                        even = s.fmadd(qv, *kv, even);
+                    } else {
+                        odd = s.fmadd(qv, *kv, odd);
+                    }
+                }
+                *scores.get_unchecked_mut(h * block + r) = scale * s.reduce_add(s.add(even, odd));
+            }
+        }
+    }
 }
 
 /// `acc *= factor` (used to rescale an output accumulator when the running max grows).

@@ -350,16 +350,20 @@ impl OnlineSoftmax {
     /// weights (the sum is rescaled here; a weighted sum of values is the caller's) must be
     /// multiplied. +∞ scores take the limit: they share the mass and everything else gets 0.
     pub fn absorb(&mut self, exec: &Exec, scores: &mut [f32]) -> f32 {
-        let n = scores.len();
-        let p = scores.as_mut_ptr();
         with_simd!(exec.isa(), |s| s.vectorize(
             #[inline(always)]
-            || {
-                // SAFETY: `p` spans `n` floats of the borrowed `scores`.
-                let block_max = unsafe { max_of(s, p, n) };
-                self.absorb_with_max(s, p, n, block_max)
-            }
+            || self.absorb_in(s, scores)
         ))
+    }
+
+    /// [`absorb`](Self::absorb) inside an already vectorised context.
+    #[inline(always)]
+    pub(crate) fn absorb_in<S: Simd>(&mut self, s: S, scores: &mut [f32]) -> f32 {
+        let n = scores.len();
+        let p = scores.as_mut_ptr();
+        // SAFETY: `p` spans `n` floats of the borrowed `scores`.
+        let block_max = unsafe { max_of(s, p, n) };
+        self.absorb_with_max(s, p, n, block_max)
     }
 
     #[inline(always)]

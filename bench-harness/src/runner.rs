@@ -1,0 +1,117 @@
+//! The state a run threads through the suites: the configuration, one rayon pool per thread
+//! count, the measured roofline, and the progress bar.
+
+use crate::config::RunConfig;
+use crate::error::{HarnessError, Result};
+use crate::measure::{Stats, measure};
+use crate::peak::Roofline;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kernels::{Exec, Isa};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::ThreadPool;
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+/// Run-wide state handed to every suite.
+pub struct Ctx<'a> {
+    /// The validated configuration.
+    pub cfg: &'a RunConfig,
+    /// Roofs measured at start (empty with `--no-peak`).
+    pub roofline: Roofline,
+    /// Progress on stderr (hidden when quiet or not a terminal).
+    pub bar: ProgressBar,
+    pools: BTreeMap<usize, ThreadPool>,
+}
+
+impl<'a> Ctx<'a> {
+    /// A context for `cfg` whose progress bar expects `total` measurements.
+    pub fn new(cfg: &'a RunConfig, total: u64) -> Self {
+        let bar = if cfg.quiet || !std::io::stderr().is_terminal() {
+            ProgressBar::hidden()
+        } else {
+            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:30.cyan/blue}] {pos}/{len} {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b
+        };
+        Ctx {
+            cfg,
+            roofline: Roofline::empty(
+                crate::machine::cache_bytes(2).unwrap_or(1 << 20),
+                crate::machine::cache_bytes(3).unwrap_or(32 << 20),
+            ),
+            bar,
+            pools: BTreeMap::new(),
+        }
+    }
+
+    /// The rayon pool of `threads` threads (built on first use).
+    pub fn pool(&mut self, threads: usize) -> Result<&ThreadPool> {
+        match self.pools.entry(threads) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let p = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(move |i| format!("bench-{threads}t-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        HarnessError::msg(format!("cannot build a pool of {threads} threads: {e}"))
+                    })?;
+                Ok(e.insert(p))
+            }
+        }
+    }
+
+    /// Times `f` on the pool of `threads` threads, per the run's timing options, and advances
+    /// the progress bar.
+    pub fn time(
+        &mut self,
+        threads: usize,
+        label: &str,
+        f: impl FnMut() -> Result<()> + Send,
+    ) -> Result<Stats> {
+        self.bar.set_message(label.to_string());
+        let opts = self.cfg.measure;
+        let stats = self.pool(threads)?.install(|| measure(&opts, f))?;
+        self.bar.inc(1);
+        Ok(stats)
+    }
+}
+
+/// Parallel execution settings on `isa` (the pool is the one the call runs inside).
+pub fn exec_for(isa: Isa) -> Result<Exec> {
+    Ok(Exec::new().with_isa(isa)?)
+}
+
+/// `n` seeded uniform values in [-1, 1).
+pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Largest `|a − b|` relative to the largest `|b|` (0 for empty inputs).
+pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = b
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.abs() as f64))
+        .max(1e-30);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| ((*x as f64) - (*y as f64)).abs())
+        .fold(
+            0.0f64,
+            |m, d| if d.is_nan() { f64::INFINITY } else { m.max(d) },
+        )
+        / scale
+}
+
+/// Converts a decode error.
+pub fn dec(e: decode::DecodeError) -> HarnessError {
+    HarnessError::msg(format!("decode error: {e}"))
+}

@@ -1,0 +1,159 @@
+//! `C = A·B` with `kernels::gemm` on every ISA and thread count, against matrixmultiply's
+//! `sgemm` (single-threaded: its threading feature is off) on the same buffers.
+
+use crate::config::RunConfig;
+use crate::error::Result;
+use crate::record::Record;
+use crate::runner::{Ctx, exec_for, max_rel_diff, random_vec};
+use crate::sweep::MatShape;
+use kernels::{GemmWorkspace, MatMut, MatRef, gemm};
+
+/// Name of the baseline implementation.
+pub const BASELINE: &str = "matrixmultiply(1t)";
+
+/// Measurements taken.
+pub fn count(cfg: &RunConfig) -> u64 {
+    (cfg.sizes.len() * (1 + cfg.isas.len() * cfg.threads.len())) as u64
+}
+
+/// Bytes allocated per shape: A, B, C, a reference copy of C, and packing buffers.
+pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
+    cfg.sizes
+        .iter()
+        .map(|s| {
+            (
+                format!("matmul {}x{}x{}", s.m, s.n, s.k),
+                s.bytes()
+                    .saturating_add(4 * s.m as u64 * s.n as u64)
+                    .saturating_add(16 << 20),
+            )
+        })
+        .collect()
+}
+
+/// Where B's elements sit: `(row_stride, col_stride)` within its buffer.
+pub fn b_strides(s: &MatShape) -> (usize, usize) {
+    if s.b_transposed { (1, s.k) } else { (s.n, 1) }
+}
+
+/// Fills GFLOP/s, GB/s and the roof of a matmul record from its median.
+pub fn fill_rates(ctx: &Ctx, r: &mut Record, s: &MatShape, isa: kernels::Isa, threads: usize) {
+    let Some(median) = r.median_s else { return };
+    let gflops = s.flops() / median / 1e9;
+    r.gflops = Some(gflops);
+    r.bytes = Some(s.bytes());
+    if s.is_gemv() {
+        // Streaming B is the whole cost: compare bytes/s with the read roof.
+        let gbps = s.b_bytes() as f64 / median / 1e9;
+        r.gbps = Some(gbps);
+        if let Some(roof) = ctx.roofline.bw_roof(s.bytes(), threads) {
+            r.pct_peak = roof.pct(gbps);
+            r.roof = Some(roof.label);
+        }
+    } else {
+        r.gbps = Some(s.bytes() as f64 / median / 1e9);
+        if let Some(roof) = ctx
+            .roofline
+            .attainable(isa, threads, s.flops(), s.bytes(), s.bytes())
+        {
+            r.pct_peak = roof.pct(gflops);
+            r.roof = Some(roof.label);
+        }
+    }
+}
+
+fn base_record(s: &MatShape) -> Record {
+    Record {
+        shape: Some(s.label.clone()),
+        m: Some(s.m),
+        n: Some(s.n),
+        k: Some(s.k),
+        baseline: Some(BASELINE.into()),
+        ..Record::new("matmul", "kernels")
+    }
+}
+
+/// Runs the suite.
+pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
+    let cfg = ctx.cfg;
+    let mut out = Vec::new();
+    for s in &cfg.sizes {
+        let (m, n, k) = (s.m, s.n, s.k);
+        let a = random_vec(1, m * k);
+        let b = random_vec(2, k * n);
+        let mut c = vec![0.0f32; m * n];
+        let (rsb, csb) = b_strides(s);
+        let av = MatRef::row_major(&a, m, k)?;
+        let bv = MatRef::new(&b, k, n, rsb, csb)?;
+        let name = format!("{} {m}x{n}x{k}", s.label);
+
+        let base = ctx.time(1, &format!("matmul {name} {BASELINE}"), || {
+            // SAFETY: `a` holds m×k row-major floats, `b` holds the k×n view with strides
+            // (rsb, csb) (checked by `MatRef::new` above), `c` holds m×n row-major floats and
+            // is exclusively borrowed; all outlive the call.
+            unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    rsb as isize,
+                    csb as isize,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            };
+            Ok(())
+        })?;
+        let reference = c.clone();
+        let detected = kernels::Isa::detected();
+        let mut rec = Record {
+            implementation: BASELINE.into(),
+            isa: Some("auto".into()),
+            threads: Some(1),
+            vs_baseline: Some(1.0),
+            ..base_record(s)
+        }
+        .with_stats(&base);
+        fill_rates(ctx, &mut rec, s, detected, 1);
+        out.push(rec);
+
+        for &isa in &cfg.isas {
+            let exec = exec_for(isa)?;
+            for &t in &cfg.threads {
+                let mut ws = GemmWorkspace::new();
+                c.fill(0.0);
+                let st = ctx.time(t, &format!("matmul {name} {isa} {t}t"), || {
+                    gemm(
+                        &exec,
+                        1.0,
+                        av,
+                        bv,
+                        0.0,
+                        &mut MatMut::row_major(&mut c, m, n)?,
+                        &mut ws,
+                    )?;
+                    Ok(())
+                })?;
+                let err = max_rel_diff(&c, &reference);
+                let mut rec = Record {
+                    isa: Some(isa.name().into()),
+                    threads: Some(t),
+                    vs_baseline: Some(base.median / st.median),
+                    note: (err > 1e-3).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                    ..base_record(s)
+                }
+                .with_stats(&st);
+                fill_rates(ctx, &mut rec, s, isa, t);
+                out.push(rec);
+            }
+        }
+    }
+    Ok(out)
+}
