@@ -328,3 +328,81 @@ fn to_bf16_matches_from_f32() {
         assert_eq!(Bf16::from_f32(*a), *b);
     }
 }
+
+/// `attend_partial` (the fused flash-decoding loop for a group of heads) against an f64
+/// softmax-weighted sum, over group sizes, head sizes on and off the fast paths, row counts
+/// that span several blocks, both storage types, every ISA; and continued over two calls.
+#[test]
+fn attend_partial_against_f64() {
+    let mut r = rng(77);
+    for exec in isa_execs() {
+        for &g in &[1usize, 2, 3, 4, 5, 8] {
+            for &d in &[16usize, 20, 64, 80, 128] {
+                for &n in &[0usize, 1, 7, 600] {
+                    for dtype in [KvDtype::F32, KvDtype::Bf16] {
+                        let q = random_vec(&mut r, g * d);
+                        let kf = random_vec(&mut r, n * d);
+                        let vf = random_vec(&mut r, n * d);
+                        let (kb, vb) = (bf16_vec(&kf), bf16_vec(&vf));
+                        let (keys, values) = match dtype {
+                            KvDtype::F32 => (KvRows::F32(&kf), KvRows::F32(&vf)),
+                            KvDtype::Bf16 => (KvRows::Bf16(&kb), KvRows::Bf16(&vb)),
+                        };
+                        let (k64, v64) = (widened(&keys), widened(&values));
+                        let scale = 1.0 / (d as f32).sqrt();
+                        let mut states = vec![kernels::OnlineSoftmax::EMPTY; g];
+                        let mut acc = vec![0.0f32; g * d];
+                        let mut scores = vec![0.0f32; g * kernels::MAX_ATTEND_BLOCK_ROWS];
+                        // Two calls: rows [0, n/3) then [n/3, n), as a caller streaming a ring.
+                        let cut = n / 3;
+                        for (lo, hi) in [(0, cut), (cut, n)] {
+                            fn part<'a>(x: KvRows<'a>, r: std::ops::Range<usize>) -> KvRows<'a> {
+                                match x {
+                                    KvRows::F32(s) => KvRows::F32(&s[r]),
+                                    KvRows::Bf16(s) => KvRows::Bf16(&s[r]),
+                                }
+                            }
+                            kernels::attend_partial(
+                                &exec,
+                                &q,
+                                part(keys, lo * d..hi * d),
+                                part(values, lo * d..hi * d),
+                                scale,
+                                &mut states,
+                                &mut acc,
+                                &mut scores,
+                            )
+                            .unwrap();
+                        }
+                        for h in 0..g {
+                            let qh = &q[h * d..(h + 1) * d];
+                            let s: Vec<f64> = (0..n)
+                                .map(|i| {
+                                    scale as f64
+                                        * (0..d).map(|j| qh[j] as f64 * k64[i * d + j]).sum::<f64>()
+                                })
+                                .collect();
+                            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                            let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                            let total: f64 = w.iter().sum();
+                            let inv = states[h].inverse_sum() as f64;
+                            for j in 0..d {
+                                let want = if n == 0 {
+                                    0.0
+                                } else {
+                                    (0..n).map(|i| w[i] * v64[i * d + j]).sum::<f64>() / total
+                                };
+                                let got = acc[h * d + j] as f64 * inv;
+                                assert!(
+                                    (got - want).abs() <= 2e-5,
+                                    "{:?} g={g} d={d} n={n} {dtype}: head {h} elem {j}: {got} vs {want}",
+                                    exec.isa()
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -95,10 +95,7 @@ impl DecodeScratch {
                 states: vec![OnlineSoftmax::EMPTY; g],
                 acc: vec![0.0; g * heads.head_dim],
                 // Room for the longest block of either storage type.
-                scores: vec![
-                    0.0;
-                    g * kernels::attend_block_rows(heads.head_dim, kernels::KvDtype::Bf16)
-                ],
+                scores: vec![0.0; g * kernels::MAX_ATTEND_BLOCK_ROWS],
             })
             .collect();
         Ok(Self {

@@ -18,7 +18,7 @@
 //! other strides go through a small stack tile and are written element by element, so nothing
 //! outside the `rows × cols` tile is ever touched.
 
-use crate::arch::Simd;
+use crate::arch::{Simd, prefetch};
 
 /// Where a micro-tile's results go.
 #[derive(Clone, Copy)]
@@ -32,19 +32,6 @@ pub(crate) struct TileOut {
     pub cols: usize,
     pub alpha: f32,
     pub beta: f32,
-}
-
-/// A hint to load the line holding `p`; never faults, whatever `p` is.
-#[inline(always)]
-fn prefetch(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is an SSE instruction (baseline on x86-64) and is only a hint: it
-    // never faults, even on invalid addresses.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
 }
 
 /// Runs one micro-tile.
