@@ -18,7 +18,7 @@
 //! other strides go through a small stack tile and are written element by element, so nothing
 //! outside the `rows × cols` tile is ever touched.
 
-use crate::arch::{Simd, prefetch};
+use crate::arch::Simd;
 
 /// Where a micro-tile's results go.
 #[derive(Clone, Copy)]
@@ -50,14 +50,34 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let lanes = S::LANES;
     let nr = NV * lanes;
-    // Pull the C tile toward L1 while the k loop runs: it is touched only at the end, and its
-    // rows are a full leading dimension apart (each likely a separate page).
-    for i in 0..out.rows {
-        prefetch(out.c.wrapping_add(i * out.rsc) as *const f32);
-        prefetch(out.c.wrapping_add(i * out.rsc + (nr - 1) * out.csc) as *const f32);
-    }
     let mut acc = [[s.zero(); NV]; MR];
-    for p in 0..kc {
+    #[inline(always)]
+    fn step<S: Simd, const MR: usize, const NV: usize>(
+        s: S,
+        acc: &mut [[S::V; NV]; MR],
+        ap: *const f32,
+        bp: *const f32,
+    ) {
+        // SAFETY: the caller passes row pointers inside the packed panels.
+        let bv: [S::V; NV] = std::array::from_fn(|v| unsafe { s.load(bp.add(v * S::LANES)) });
+        for (i, row) in acc.iter_mut().enumerate() {
+            // SAFETY: each packed A row holds MR floats.
+            let ai = s.splat(unsafe { *ap.add(i) });
+            for (v, x) in row.iter_mut().enumerate() {
+                *x = s.fmadd(ai, bv[v], *x);
+            }
+        }
+    }
+    let mut p = 0;
+    while p + 2 <= kc {
+        // SAFETY: rows p and p + 1 < kc of both panels are in bounds.
+        unsafe {
+            step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.add(p * nr));
+            step::<S, MR, NV>(s, &mut acc, a.add((p + 1) * MR), b.add((p + 1) * nr));
+        }
+        p += 2;
+    }
+    for p in p..kc {
         // SAFETY: `p < kc`, so row `p` of both packed panels is in bounds.
         let (bp, ap) = unsafe { (b.add(p * nr), a.add(p * MR)) };
         // SAFETY: each packed B row holds `nr = NV·lanes` floats.
