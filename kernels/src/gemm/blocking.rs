@@ -64,6 +64,17 @@ pub(crate) fn candidates(isa: Isa) -> &'static [Blocking] {
     }
 }
 
+/// Columns per packed B block for an `m`-row product: skinny products (a few MR panels) use
+/// each packed panel only a few times, so their block is kept L2-sized (kc × 512 × 4 B =
+/// 512 KiB) so that the packed copy never travels beyond L2.
+pub(crate) fn nc_for(blk: &Blocking, m: usize) -> usize {
+    if m.div_ceil(blk.mr) <= 4 {
+        blk.nc.min(512)
+    } else {
+        blk.nc
+    }
+}
+
 /// The tile of `isa` that wastes least on `m` rows: the share of computed rows that are real,
 /// with a small handicap for the lower-arithmetic-intensity shorter tiles.
 pub(crate) fn choose(isa: Isa, m: usize) -> Blocking {

@@ -42,7 +42,9 @@ impl TaskGrid {
     pub(crate) fn new(blk: &Blocking, m: usize, n_panels: usize, threads: usize) -> Self {
         let m_panels = m.div_ceil(blk.mr);
         let mut ic_blocks = m.div_ceil(blk.mc);
-        if threads > 1 && m_panels >= threads {
+        // Split rows only when there are blocks for every thread; otherwise split columns, so
+        // that a skinny product's threads each stream their own part of B.
+        if threads > 1 && ic_blocks >= threads {
             // A multiple of the thread count, so no thread idles in the last round.
             ic_blocks = ic_blocks.div_ceil(threads) * threads;
         }

@@ -80,7 +80,8 @@ pub fn gemm(
         cs: v.col_stride(),
     };
     let (sa, sb) = (strided(&a), strided(&b));
-    let blk = blocking::choose(exec.isa(), m);
+    let mut blk = blocking::choose(exec.isa(), m);
+    blk.nc = blocking::nc_for(&blk, m);
     macro_rules! run {
         ($s:ident, $mr:literal, $nv:literal) => {
             // SAFETY: the views were validated on construction (A m×k and B k×n readable, C
