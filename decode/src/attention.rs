@@ -239,20 +239,109 @@ pub fn decode_attention(
 /// Query rows per prefill tile.
 const PREFILL_TILE: usize = 64;
 
-/// Reusable buffers of [`prefill_attention`]; they grow to the largest chunk seen.
+/// One worker's buffers for a prefill tile: the visible keys (stored transposed, `d × nk`, so
+/// that `Q·Kᵀ` packs with vector copies), values (`nk × d`), their positions, scores and the
+/// output tile.
 #[derive(Default)]
-pub struct PrefillScratch {
-    keys: Vec<f32>,
+struct TileScratch {
+    queries: Vec<f32>,
+    key_rows: Vec<f32>,
+    keys_t: Vec<f32>,
     values: Vec<f32>,
     positions: Vec<usize>,
     scores: Vec<f32>,
+    out: Vec<f32>,
     ws: kernels::GemmWorkspace,
+}
+
+/// Reusable buffers of [`prefill_attention`]: one tile scratch per worker thread; they grow to
+/// the largest chunk seen.
+#[derive(Default)]
+pub struct PrefillScratch {
+    workers: Vec<std::sync::Mutex<TileScratch>>,
 }
 
 impl PrefillScratch {
     /// Empty scratch.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+/// The output of a prefill, written by tiles that own disjoint (row, head) blocks.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+impl SharedOut {
+    /// The pointer `offset` floats further (arithmetic only; no access).
+    fn at(self, offset: usize) -> *mut f32 {
+        self.0.wrapping_add(offset)
+    }
+}
+// SAFETY: built from the exclusively borrowed `out` of `prefill_attention`; each tile writes
+// only its own rows × its KV group's heads, which no other tile touches.
+unsafe impl Send for SharedOut {}
+// SAFETY: as above; the pointer itself is never changed.
+unsafe impl Sync for SharedOut {}
+
+/// `dst (cols × rows) = srcᵀ` for a row-major `rows × cols` source, in cache-friendly blocks.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// Sets to −∞ the scores of keys (sorted by position) that `query` does not see: the visible
+/// ones are the sinks up to the query and the contiguous run of the last `capacity − sinks`
+/// positions up to it.
+fn mask_invisible(
+    scores: &mut [f32],
+    positions: &[usize],
+    query: usize,
+    capacity: usize,
+    sinks: usize,
+) {
+    let sink_end = positions.partition_point(|&p| p < sinks.min(query + 1));
+    let window_start = sinks.max((query + 1).saturating_sub(capacity - sinks));
+    let lo = positions.partition_point(|&p| p < window_start);
+    let hi = positions.partition_point(|&p| p <= query);
+    let neg = f32::NEG_INFINITY;
+    if hi <= lo {
+        scores[sink_end..].fill(neg);
+    } else {
+        scores[sink_end..lo].fill(neg);
+        scores[hi..].fill(neg);
+    }
+    // With finite scores, exactly the invisible keys are −∞.
+    debug_assert!(
+        scores
+            .iter()
+            .zip(positions)
+            .all(|(s, &p)| !s.is_finite() || visible(query, p, capacity, sinks))
+    );
+}
+
+/// Appends stored rows to `out` as f32 (bf16 widens exactly).
+fn push_stored(out: &mut Vec<f32>, rows: kernels::KvRows<'_>) {
+    match rows {
+        kernels::KvRows::F32(r) => out.extend_from_slice(r),
+        kernels::KvRows::Bf16(r) => out.extend(r.iter().map(|x| x.to_f32())),
+    }
+}
+
+/// Appends `row` as the cache will store it: rounded through bf16 when `bf16`.
+fn push_as_stored(out: &mut Vec<f32>, row: &[f32], bf16: bool) {
+    if bf16 {
+        out.extend(row.iter().map(|x| kernels::Bf16::from_f32(*x).to_f32()));
+    } else {
+        out.extend_from_slice(row);
     }
 }
 
@@ -297,95 +386,116 @@ pub fn prefill_attention(
     check_len("out length vs T * heads * head_dim", t * qrow, out.len())?;
     let p0 = cache.layer_position(layer)?;
     let (cap, sinks) = (cache.config().capacity, cache.config().sinks);
-    let cached = cache.positions_at(p0);
+    let mut cached: Vec<(usize, usize)> = cache.positions_at(p0).into_iter().enumerate().collect();
+    cached.sort_unstable_by_key(|&(_, pos)| pos);
     let bf16 = cache.config().dtype == kernels::KvDtype::Bf16;
 
-    for kv in 0..heads.kv_heads {
-        for t0 in (0..t).step_by(PREFILL_TILE) {
-            let t1 = (t0 + PREFILL_TILE).min(t);
-            let (first, last) = (p0 + t0, p0 + t1 - 1);
-            // Keys any query of the tile can see: cached slots, then chunk rows.
-            scratch.positions.clear();
-            scratch.keys.clear();
-            scratch.values.clear();
-            let push_row = |s: &mut PrefillScratch, pos: usize, kr: &[f32], vr: &[f32]| {
-                s.positions.push(pos);
-                s.keys.extend_from_slice(kr);
-                s.values.extend_from_slice(vr);
-            };
-            let mut kbuf = vec![0.0f32; d];
-            let mut vbuf = vec![0.0f32; d];
-            for (slot, &pos) in cached.iter().enumerate() {
-                if visible(last, pos, cap, sinks) || visible(first, pos, cap, sinks) {
-                    for i in 0..d {
-                        kbuf[i] = cache.get(layer, false, kv, slot, i);
-                        vbuf[i] = cache.get(layer, true, kv, slot, i);
-                    }
-                    push_row(scratch, pos, &kbuf, &vbuf);
-                }
-            }
-            for j in 0..t1 {
-                let pos = p0 + j;
-                // Some query of the tile sees this row iff the earliest query at or after it
-                // does (a later query may have slid past it; `first` may precede it).
-                if visible(first.max(pos), pos, cap, sinks) {
-                    let r = j * kvrow + kv * d;
-                    if bf16 {
-                        // Attend to what the cache will hold, so prefill equals decode.
-                        let round = |x: &f32| kernels::Bf16::from_f32(*x).to_f32();
-                        kbuf.iter_mut()
-                            .zip(&k[r..r + d])
-                            .for_each(|(o, x)| *o = round(x));
-                        vbuf.iter_mut()
-                            .zip(&v[r..r + d])
-                            .for_each(|(o, x)| *o = round(x));
-                        push_row(scratch, pos, &kbuf, &vbuf);
-                    } else {
-                        push_row(scratch, pos, &k[r..r + d], &v[r..r + d]);
-                    }
-                }
-            }
-            let nk = scratch.positions.len();
-            let rows = t1 - t0;
-            scratch.scores.resize(rows * nk.max(1), 0.0);
-            let keys = kernels::MatRef::row_major(&scratch.keys, nk, d)?;
-            let values = kernels::MatRef::row_major(&scratch.values, nk, d)?;
-            for h in 0..g {
-                let head = kv * g + h;
-                let qt = kernels::MatRef::new(&q[t0 * qrow + head * d..], rows, d, qrow, 1)?;
-                let scores = &mut scratch.scores[..rows * nk];
-                kernels::gemm(
-                    exec,
-                    heads.scale(),
-                    qt,
-                    keys.t(),
-                    0.0,
-                    &mut kernels::MatMut::row_major(scores, rows, nk)?,
-                    &mut scratch.ws,
-                )?;
-                for (r, row) in scores.chunks_exact_mut(nk.max(1)).enumerate() {
-                    for (s, &pos) in row.iter_mut().zip(&scratch.positions) {
-                        if !visible(p0 + t0 + r, pos, cap, sinks) {
-                            *s = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                if nk > 0 {
-                    kernels::softmax_rows(exec, scores, nk, kernels::SoftmaxOptions::default())?;
-                }
-                let mut o =
-                    kernels::MatMut::new(&mut out[t0 * qrow + head * d..], rows, d, qrow, 1)?;
-                kernels::gemm(
-                    exec,
-                    1.0,
-                    kernels::MatRef::row_major(scores, rows, nk)?,
-                    values,
-                    0.0,
-                    &mut o,
-                    &mut scratch.ws,
-                )?;
+    let tiles = t.div_ceil(PREFILL_TILE);
+    let items = heads.kv_heads * tiles;
+    let threads = exec.threads();
+    if scratch.workers.len() < threads + 1 {
+        scratch.workers.resize_with(threads + 1, Default::default);
+    }
+    let inner = exec.with_parallelism(Parallelism::Sequential);
+    let shared = SharedOut(out.as_mut_ptr());
+    let cache_ref = &*cache;
+    let workers = &scratch.workers;
+    let run = |item: usize| -> Result<()> {
+        let (kv, t0) = (item / tiles, (item % tiles) * PREFILL_TILE);
+        let t1 = (t0 + PREFILL_TILE).min(t);
+        let (first, last) = (p0 + t0, p0 + t1 - 1);
+        // The pool's worker index picks the buffers; the lock is never contended (a worker
+        // runs one item at a time and items make no nested parallel calls).
+        let slot = rayon::current_thread_index().map_or(threads, |i| i.min(threads));
+        let mut guard = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let ts = &mut *guard;
+        ts.positions.clear();
+        ts.key_rows.clear();
+        ts.values.clear();
+        // Keys any query of the tile can see, in position order: cached slots, then the
+        // chunk's own rows (all later than anything cached).
+        for &(slot, pos) in &cached {
+            if visible(last, pos, cap, sinks) || visible(first, pos, cap, sinks) {
+                ts.positions.push(pos);
+                push_stored(
+                    &mut ts.key_rows,
+                    cache_ref.rows(layer, false, kv, slot..slot + 1)?,
+                );
+                push_stored(
+                    &mut ts.values,
+                    cache_ref.rows(layer, true, kv, slot..slot + 1)?,
+                );
             }
         }
+        for j in 0..t1 {
+            let pos = p0 + j;
+            // Some query of the tile sees this row iff the earliest query at or after it does
+            // (a later query may have slid past it; `first` may precede it).
+            if visible(first.max(pos), pos, cap, sinks) {
+                let r = j * kvrow + kv * d;
+                ts.positions.push(pos);
+                // A bf16 cache is attended as what it will hold, so prefill equals decode.
+                push_as_stored(&mut ts.key_rows, &k[r..r + d], bf16);
+                push_as_stored(&mut ts.values, &v[r..r + d], bf16);
+            }
+        }
+        let nk = ts.positions.len();
+        let rows = t1 - t0;
+        // Kᵀ (d × nk), so that Q·Kᵀ streams B rows; transposed in 16×16 blocks.
+        ts.keys_t.resize(d * nk, 0.0);
+        transpose(&ts.key_rows, nk, d, &mut ts.keys_t);
+        // The group's query heads as one (rows·g) × d matrix: one product per tile.
+        ts.queries.resize(rows * g * d, 0.0);
+        for r in 0..rows {
+            let src = &q[(t0 + r) * qrow + kv * g * d..(t0 + r) * qrow + (kv + 1) * g * d];
+            ts.queries[r * g * d..(r + 1) * g * d].copy_from_slice(src);
+        }
+        let qrows = rows * g;
+        ts.scores.resize(qrows * nk, 0.0);
+        ts.out.resize(qrows * d, 0.0);
+        kernels::gemm(
+            &inner,
+            heads.scale(),
+            kernels::MatRef::row_major(&ts.queries, qrows, d)?,
+            kernels::MatRef::row_major(&ts.keys_t, d, nk)?,
+            0.0,
+            &mut kernels::MatMut::row_major(&mut ts.scores, qrows, nk)?,
+            &mut ts.ws,
+        )?;
+        if nk > 0 {
+            for (i, row) in ts.scores.chunks_exact_mut(nk).enumerate() {
+                mask_invisible(row, &ts.positions, p0 + t0 + i / g, cap, sinks);
+            }
+            kernels::softmax_rows(
+                &inner,
+                &mut ts.scores,
+                nk,
+                kernels::SoftmaxOptions::default(),
+            )?;
+        }
+        kernels::gemm(
+            &inner,
+            1.0,
+            kernels::MatRef::row_major(&ts.scores, qrows, nk)?,
+            kernels::MatRef::row_major(&ts.values, nk, d)?,
+            0.0,
+            &mut kernels::MatMut::row_major(&mut ts.out, qrows, d)?,
+            &mut ts.ws,
+        )?;
+        for r in 0..rows {
+            let dst = shared.at((t0 + r) * qrow + kv * g * d);
+            // SAFETY: row t0 + r < T and the group's heads kv·g .. (kv+1)·g ≤ heads, so these
+            // g·d floats lie inside `out` (checked to be T·heads·d long); only this tile
+            // writes them.
+            unsafe { std::ptr::copy_nonoverlapping(ts.out[r * g * d..].as_ptr(), dst, g * d) };
+        }
+        Ok(())
+    };
+    if threads > 1 && items > 1 {
+        use rayon::prelude::*;
+        (0..items).into_par_iter().try_for_each(run)?;
+    } else {
+        (0..items).try_for_each(run)?;
     }
     cache.append_many(layer, k, v)
 }
