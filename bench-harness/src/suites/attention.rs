@@ -1,7 +1,8 @@
 //! One decode step (append one token's K/V and attend, on every layer) over a KV cache holding
 //! `seq_len` tokens, with the decode crate's kernels on every ISA and thread count, against its
 //! straightforward single-threaded step. Decode attention reads the whole cache once per step,
-//! so it is compared with the read-bandwidth roof of a working set that size.
+//! so it is compared with a plain sum over exactly the bytes it reads, timed in the same run on
+//! the same threads.
 
 use super::{attn_fields, attn_shape};
 use crate::config::{AttnSpec, RunConfig};
@@ -44,18 +45,28 @@ pub fn step_flops(s: &AttnSpec, tokens: usize) -> f64 {
     4.0 * s.layers as f64 * s.heads as f64 * tokens as f64 * s.head_dim as f64
 }
 
-fn fill_rates(ctx: &Ctx, r: &mut Record, s: &AttnSpec, kv_bytes: u64, threads: usize) {
-    let Some(median) = r.median_s else { return };
+fn fill_rates(
+    ctx: &mut Ctx,
+    r: &mut Record,
+    s: &AttnSpec,
+    kv_bytes: u64,
+    threads: usize,
+) -> Result<()> {
+    let Some(median) = r.median_s else {
+        return Ok(());
+    };
     let tokens = (kv_bytes / s.kv_bytes_per_token().max(1)) as usize;
     r.tokens_per_s = Some(1.0 / median);
     r.gflops = Some(step_flops(s, tokens) / median / 1e9);
     let gbps = kv_bytes as f64 / median / 1e9;
     r.gbps = Some(gbps);
     r.bytes = Some(kv_bytes);
-    if let Some(roof) = ctx.roofline.bw_roof(kv_bytes, threads) {
+    // The roof is a plain sum over exactly the KV bytes a step reads, on the same threads.
+    if let Some(roof) = ctx.same_bytes_roof(kv_bytes, threads)? {
         r.pct_peak = roof.pct(gbps);
         r.roof = Some(roof.label);
     }
+    Ok(())
 }
 
 /// Runs the suite.
@@ -86,7 +97,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                 ..template.clone()
             }
             .with_stats(&base);
-            fill_rates(ctx, &mut rec, s, kv_bytes, 1);
+            fill_rates(ctx, &mut rec, s, kv_bytes, 1)?;
             out.push(rec);
             for &isa in &cfg.isas {
                 let exec = exec_for(isa)?;
@@ -104,7 +115,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         ..template.clone()
                     }
                     .with_stats(&st);
-                    fill_rates(ctx, &mut rec, s, kv_bytes, t);
+                    fill_rates(ctx, &mut rec, s, kv_bytes, t)?;
                     out.push(rec);
                 }
             }

@@ -37,8 +37,16 @@ pub fn b_strides(s: &MatShape) -> (usize, usize) {
 }
 
 /// Fills GFLOP/s, GB/s and the roof of a matmul record from its median.
-pub fn fill_rates(ctx: &Ctx, r: &mut Record, s: &MatShape, isa: kernels::Isa, threads: usize) {
-    let Some(median) = r.median_s else { return };
+pub fn fill_rates(
+    ctx: &mut Ctx,
+    r: &mut Record,
+    s: &MatShape,
+    isa: kernels::Isa,
+    threads: usize,
+) -> Result<()> {
+    let Some(median) = r.median_s else {
+        return Ok(());
+    };
     let gflops = s.flops() / median / 1e9;
     r.gflops = Some(gflops);
     r.bytes = Some(s.bytes());
@@ -46,7 +54,8 @@ pub fn fill_rates(ctx: &Ctx, r: &mut Record, s: &MatShape, isa: kernels::Isa, th
         // Streaming B is the whole cost: compare bytes/s with the read roof.
         let gbps = s.b_bytes() as f64 / median / 1e9;
         r.gbps = Some(gbps);
-        if let Some(roof) = ctx.roofline.bw_roof(s.bytes(), threads) {
+        // The roof: a plain sum over the same bytes as B, on the same threads, in this run.
+        if let Some(roof) = ctx.same_bytes_roof(s.b_bytes(), threads)? {
             r.pct_peak = roof.pct(gbps);
             r.roof = Some(roof.label);
         }
@@ -60,6 +69,7 @@ pub fn fill_rates(ctx: &Ctx, r: &mut Record, s: &MatShape, isa: kernels::Isa, th
             r.roof = Some(roof.label);
         }
     }
+    Ok(())
 }
 
 fn base_record(s: &MatShape) -> Record {
@@ -121,7 +131,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
             ..base_record(s)
         }
         .with_stats(&base);
-        fill_rates(ctx, &mut rec, s, detected, 1);
+        fill_rates(ctx, &mut rec, s, detected, 1)?;
         out.push(rec);
 
         for &isa in &cfg.isas {
@@ -150,7 +160,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                     ..base_record(s)
                 }
                 .with_stats(&st);
-                fill_rates(ctx, &mut rec, s, isa, t);
+                fill_rates(ctx, &mut rec, s, isa, t)?;
                 out.push(rec);
             }
         }
