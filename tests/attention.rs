@@ -1219,3 +1219,26 @@ fn prefill_and_decode_interleave_with_one_scratch() {
         }
     }
 }
+
+/// A decode that fails (scratch sized for another head shape) leaves the cache untouched.
+#[test]
+fn failed_decode_leaves_cache_unchanged() {
+    let d_model = 16;
+    let (cfg, w) = layer_with(9, d_model, heads(4, 2, 8), false, true);
+    let layer = AttentionLayer::new(cfg, w).unwrap();
+    let other = LayerConfig {
+        heads: heads(4, 4, 8),
+        ..cfg
+    };
+    let mut wrong = LayerScratch::new(&other, 1).unwrap();
+    let mut cache = cache_for(heads(4, 2, 8), 8, 0, KvDtype::F32);
+    let x = vec![0.5f32; d_model];
+    let mut out = vec![0.0f32; d_model];
+    let exec = kernels::Exec::sequential();
+    assert!(
+        layer
+            .decode(&exec, &mut cache, 0, &x, &mut out, &mut wrong)
+            .is_err()
+    );
+    assert_eq!(cache.next_position(), 0);
+}

@@ -387,7 +387,7 @@ fn truncate_after_the_ring_overwrote_entries_fails() {
     // Rolling forward is refused as well.
     assert!(matches!(
         c.truncate(7),
-        Err(DecodeError::RollbackUnavailable { to: 7, .. })
+        Err(DecodeError::RollbackBeyondEnd { to: 7, next: 6 })
     ));
     // The current position is always reachable.
     c.truncate(6).unwrap();
@@ -649,4 +649,33 @@ fn bf16_cache_stores_rounded_values() {
     // Position 4 went to slot 1 (ring of 3): its first element was 3·4 + 0.25 = 12.25, which
     // bf16 holds exactly.
     assert_eq!(c.get(0, false, 0, 1, 0), 12.25);
+}
+
+/// A step that stopped part-way (layer 0 appended, layer 1 not) after layer 0 wrapped: rolling
+/// back must be refused, since layer 0 already overwrote an entry the earlier window needs.
+#[test]
+fn rollback_refused_when_any_layer_wrapped() {
+    let cfg = decode::CacheConfig {
+        layers: 2,
+        kv_heads: 1,
+        head_dim: 2,
+        capacity: 4,
+        sinks: 0,
+        dtype: kernels::KvDtype::F32,
+    };
+    let mut c = decode::KvCache::new(cfg).unwrap();
+    for p in 0..4 {
+        for layer in 0..2 {
+            c.append(layer, &[p as f32; 2], &[p as f32; 2]).unwrap();
+        }
+    }
+    c.append(0, &[4.0; 2], &[4.0; 2]).unwrap(); // layer 0 at 5 (wrapped), layer 1 at 4
+    assert!(matches!(
+        c.truncate(3),
+        Err(DecodeError::RollbackUnavailable { to: 3, earliest: 5 })
+    ));
+    // Even the common position 4 is out of reach: layer 0's write of position 4 overwrote
+    // position 0, which the window ending at 3 needs.
+    c.truncate(4).unwrap_err();
+    assert_eq!(c.layer_position(0).unwrap(), 5);
 }

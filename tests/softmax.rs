@@ -710,3 +710,43 @@ fn online_empty_is_identity() {
     t.absorb(&exec, &mut [1.0, f32::NAN, 2.0]);
     assert!(t.sum.is_nan());
 }
+
+/// Huge logits with a scale that is not a power of two: the exponent is formed as
+/// `(x − max)·scale`, so the max element's exponent is exactly 0 and nothing overflows.
+#[test]
+fn huge_logits_with_non_power_of_two_scale() {
+    for case in exec_cases() {
+        let e = &case.exec;
+        case.run(|| {
+            for (row, scale) in [
+                (vec![1e30f32, 0.0], 0.1f32),
+                (vec![-1e30f32, 1e30, 3.0], 0.125),
+                (vec![3e38f32, 1.0], 2.0),
+                (vec![1e30f32; 17], 0.3),
+            ] {
+                let mut data = row.clone();
+                let opts = SoftmaxOptions {
+                    scale,
+                    mask: Mask::None,
+                };
+                softmax_rows(e, &mut data, row.len(), opts).unwrap();
+                let want: Vec<f64> = {
+                    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                    let w: Vec<f64> = row
+                        .iter()
+                        .map(|&x| ((x as f64 - max) * scale as f64).exp())
+                        .collect();
+                    let sum: f64 = w.iter().sum();
+                    w.into_iter().map(|v| v / sum).collect()
+                };
+                for (g, w) in data.iter().zip(&want) {
+                    assert!(g.is_finite(), "{row:?} scale {scale}: {data:?}");
+                    assert!(
+                        (*g as f64 - w).abs() < 1e-6,
+                        "{row:?} scale {scale}: {data:?} vs {want:?}"
+                    );
+                }
+            }
+        });
+    }
+}

@@ -5,12 +5,14 @@
 //! holds exactly the window), so each KV head's keys and values are streamed once, block by
 //! block: for each block, every query head of the group computes `s = scale·K_blk·q`, folds it
 //! into its running [`OnlineSoftmax`] state and adds `softmax weights · V_blk` to its
-//! accumulator. A block of K and V (32 KiB together, `kernels::attend_block_rows`) is read from
-//! memory once and from L1 by the other heads of the group. Work items are (KV head, sequence split); splits are merged with
-//! the exact log-sum-exp rule, so one head at 32k tokens uses every thread.
+//! accumulator (`kernels::attend_partial`). Each key and value row is loaded once, into
+//! registers, and used by every query head of the group, so a KV head's cache is read from
+//! memory once per step however many query heads share it. Work items are (KV head, sequence
+//! split); splits are merged with the exact log-sum-exp rule, so one head at 32k tokens uses
+//! every thread.
 
 use crate::cache::KvCache;
-use crate::error::{DecodeError, Result, check_len};
+use crate::error::{DecodeError, Result, check_eq};
 use kernels::{Exec, OnlineSoftmax, Parallelism};
 
 /// Head counts and sizes of multi-head attention: `heads` query heads share `kv_heads` KV heads
@@ -53,7 +55,7 @@ impl HeadConfig {
         1.0 / (self.head_dim as f32).sqrt()
     }
 
-    fn check_cache(&self, cache: &KvCache) -> Result<()> {
+    pub(crate) fn check_cache(&self, cache: &KvCache) -> Result<()> {
         let c = cache.config();
         if c.kv_heads != self.kv_heads || c.head_dim != self.head_dim {
             return Err(DecodeError::InvalidConfig(format!(
@@ -110,6 +112,18 @@ impl DecodeScratch {
         Self::new(heads, default_max_splits(&heads, threads))
     }
 
+    /// Fails unless this scratch was sized for `heads`.
+    pub fn check(&self, heads: &HeadConfig) -> Result<()> {
+        if self.heads == *heads {
+            Ok(())
+        } else {
+            Err(DecodeError::InvalidConfig(format!(
+                "decode scratch was sized for {:?}, called with {:?}",
+                self.heads, heads
+            )))
+        }
+    }
+
     /// The most splits this scratch supports.
     pub fn max_splits(&self) -> usize {
         self.max_splits
@@ -143,6 +157,10 @@ pub struct DecodeOptions {
 /// One decode step of attention for `layer`: `q` holds `heads × head_dim` (already rotated),
 /// the cache already holds this token's k and v, and `out` receives `heads × head_dim`.
 /// An empty cache gives zeros.
+///
+/// The split count follows the thread count (unless forced with [`DecodeOptions::splits`]), and
+/// splits change the f32 summation order, so outputs for different thread counts agree to
+/// rounding (≈1e-6 relative), not bit for bit; force `splits` for reproducible output.
 #[allow(clippy::too_many_arguments)]
 pub fn decode_attention(
     exec: &Exec,
@@ -156,14 +174,10 @@ pub fn decode_attention(
 ) -> Result<()> {
     heads.validate()?;
     heads.check_cache(cache)?;
-    if scratch.heads != *heads {
-        return Err(DecodeError::InvalidConfig(
-            "scratch was sized for a different head configuration".into(),
-        ));
-    }
+    scratch.check(heads)?;
     let d = heads.head_dim;
-    check_len("q length vs heads * head_dim", heads.heads * d, q.len())?;
-    check_len("out length vs heads * head_dim", heads.heads * d, out.len())?;
+    check_eq("q length vs heads * head_dim", heads.heads * d, q.len())?;
+    check_eq("out length vs heads * head_dim", heads.heads * d, out.len())?;
     let next = cache.layer_position(layer)?;
     let len = next.min(cache.config().capacity);
     let splits = match opts.splits {
@@ -347,7 +361,7 @@ fn push_as_stored(out: &mut Vec<f32>, row: &[f32], bf16: bool) {
 
 /// Whether a query at `query` sees a key at `key` in a ring of `capacity` with `sinks`.
 pub fn visible(query: usize, key: usize, capacity: usize, sinks: usize) -> bool {
-    key <= query && (key < sinks || key + (capacity - sinks) > query)
+    key <= query && (key < sinks || key + capacity.saturating_sub(sinks) > query)
 }
 
 /// Causal attention of a chunk of `T` tokens at the layer's next positions, then appends the
@@ -381,9 +395,9 @@ pub fn prefill_attention(
         });
     }
     let t = q.len() / qrow;
-    check_len("k length vs T * kv_heads * head_dim", t * kvrow, k.len())?;
-    check_len("v length vs T * kv_heads * head_dim", t * kvrow, v.len())?;
-    check_len("out length vs T * heads * head_dim", t * qrow, out.len())?;
+    check_eq("k length vs T * kv_heads * head_dim", t * kvrow, k.len())?;
+    check_eq("v length vs T * kv_heads * head_dim", t * kvrow, v.len())?;
+    check_eq("out length vs T * heads * head_dim", t * qrow, out.len())?;
     let p0 = cache.layer_position(layer)?;
     let (cap, sinks) = (cache.config().capacity, cache.config().sinks);
     let mut cached: Vec<(usize, usize)> = cache.positions_at(p0).into_iter().enumerate().collect();

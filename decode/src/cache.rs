@@ -10,7 +10,7 @@
 //! with `S = 0` the window is the last `W` positions, the query's own included). Attention is
 //! order-invariant, so occupied slots are read in slot order: `0..len` is always contiguous.
 
-use crate::error::{DecodeError, Result, check_len};
+use crate::error::{DecodeError, Result, check_eq};
 use kernels::{Bf16, KvDtype, KvRows};
 
 /// Shape and policy of a [`KvCache`].
@@ -186,9 +186,17 @@ impl KvCache {
     /// Rolls every layer back so that `pos` is the next position (speculative decoding).
     /// Fails when the ring has already overwritten entries the shorter history would attend to.
     pub fn truncate(&mut self, pos: usize) -> Result<()> {
-        let next = self.next.iter().copied().min().unwrap_or(0);
-        let earliest = if next <= self.cfg.capacity { 0 } else { next };
-        if pos > next || pos < earliest {
+        let (lo, hi) = self
+            .next
+            .iter()
+            .fold((usize::MAX, 0), |(lo, hi), &n| (lo.min(n), hi.max(n)));
+        if pos > lo {
+            return Err(DecodeError::RollbackBeyondEnd { to: pos, next: lo });
+        }
+        // Any layer that has wrapped (even one a step ahead of the others) has overwritten
+        // entries an earlier position's window needs.
+        let earliest = if hi <= self.cfg.capacity { 0 } else { hi };
+        if pos < earliest {
             return Err(DecodeError::RollbackUnavailable { to: pos, earliest });
         }
         self.next.iter_mut().for_each(|n| *n = pos);
@@ -217,8 +225,8 @@ impl KvCache {
     pub fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         self.check_layer(layer)?;
         let row = self.cfg.kv_heads * self.cfg.head_dim;
-        check_len("appended k length vs kv_heads * head_dim", row, k.len())?;
-        check_len("appended v length vs kv_heads * head_dim", row, v.len())?;
+        check_eq("appended k length vs kv_heads * head_dim", row, k.len())?;
+        check_eq("appended v length vs kv_heads * head_dim", row, v.len())?;
         let slot = self.slot_of(self.next[layer]);
         self.write_slot(layer, slot, k, v);
         self.next[layer] += 1;
@@ -230,7 +238,7 @@ impl KvCache {
     pub fn append_many(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         self.check_layer(layer)?;
         let row = self.cfg.kv_heads * self.cfg.head_dim;
-        check_len("appended k length vs v length", k.len(), v.len())?;
+        check_eq("appended k length vs v length", k.len(), v.len())?;
         if !k.len().is_multiple_of(row) {
             return Err(DecodeError::ShapeMismatch {
                 what: "appended k length vs a multiple of kv_heads * head_dim",

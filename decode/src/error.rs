@@ -26,12 +26,12 @@ pub enum DecodeError {
         /// Layers in the cache.
         layers: usize,
     },
-    /// The cache's storage type differs from what the caller supplied.
-    DtypeMismatch {
-        /// The cache's type.
-        cache: kernels::KvDtype,
-        /// The type requested.
-        requested: kernels::KvDtype,
+    /// A rollback to a position the cache has not reached.
+    RollbackBeyondEnd {
+        /// Position asked for.
+        to: usize,
+        /// The cache's next position (the latest a rollback can reach).
+        next: usize,
     },
     /// A rollback that would need entries the ring has already overwritten.
     RollbackUnavailable {
@@ -57,9 +57,10 @@ impl fmt::Display for DecodeError {
             DecodeError::LayerOutOfRange { layer, layers } => {
                 write!(f, "layer {layer} out of range (cache has {layers} layers)")
             }
-            DecodeError::DtypeMismatch { cache, requested } => {
-                write!(f, "cache stores {cache}, but {requested} was requested")
-            }
+            DecodeError::RollbackBeyondEnd { to, next } => write!(
+                f,
+                "cannot roll back to position {to}: the cache's next position is only {next}"
+            ),
             DecodeError::RollbackUnavailable { to, earliest } => write!(
                 f,
                 "cannot roll back to position {to}: the ring has overwritten entries that \
@@ -80,7 +81,7 @@ impl From<kernels::KernelError> for DecodeError {
 /// Shorthand for results of this crate.
 pub type Result<T, E = DecodeError> = std::result::Result<T, E>;
 
-pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
+pub(crate) fn check_eq(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {

@@ -5,7 +5,7 @@ use crate::attention::{
     DecodeOptions, DecodeScratch, HeadConfig, PrefillScratch, decode_attention, prefill_attention,
 };
 use crate::cache::KvCache;
-use crate::error::{DecodeError, Result, check_len};
+use crate::error::{DecodeError, Result, check_eq};
 use crate::rope::Rope;
 use kernels::{Exec, GemmWorkspace, MatMut, MatRef, gemm};
 
@@ -105,23 +105,23 @@ impl AttentionLayer {
             r.check(cfg.heads.head_dim)?;
         }
         let (dm, h) = (cfg.d_model, &cfg.heads);
-        check_len(
+        check_eq(
             "w_q length vs d_model * heads * head_dim",
             dm * h.heads * h.head_dim,
             w.w_q.len(),
         )?;
-        check_len(
+        check_eq(
             "w_k length vs d_model * kv_heads * head_dim",
             dm * h.kv_heads * h.head_dim,
             w.w_k.len(),
         )?;
-        check_len(
+        check_eq(
             "w_v length vs d_model * kv_heads * head_dim",
             dm * h.kv_heads * h.head_dim,
             w.w_v.len(),
         )?;
         if let Some(o) = &w.w_o {
-            check_len(
+            check_eq(
                 "w_o length vs heads * head_dim * d_model",
                 h.heads * h.head_dim * dm,
                 o.len(),
@@ -144,17 +144,6 @@ impl AttentionLayer {
         }
     }
 
-    fn check_cache(&self, cache: &KvCache) -> Result<()> {
-        let c = cache.config();
-        if c.kv_heads != self.cfg.heads.kv_heads || c.head_dim != self.cfg.heads.head_dim {
-            return Err(DecodeError::InvalidConfig(format!(
-                "cache has {} KV heads of {}, layer has {} of {}",
-                c.kv_heads, c.head_dim, self.cfg.heads.kv_heads, self.cfg.heads.head_dim
-            )));
-        }
-        Ok(())
-    }
-
     /// One token: projects `x` (d_model), appends its k and v to `layer` of the cache, attends
     /// over the window and writes `out` ([`out_dim`](Self::out_dim)).
     pub fn decode(
@@ -167,13 +156,15 @@ impl AttentionLayer {
         s: &mut LayerScratch,
     ) -> Result<()> {
         let h = self.cfg.heads;
-        check_len("x length vs d_model", self.cfg.d_model, x.len())?;
-        check_len(
+        check_eq("x length vs d_model", self.cfg.d_model, x.len())?;
+        check_eq(
             "out length vs layer output width",
             self.out_dim(),
             out.len(),
         )?;
-        self.check_cache(cache)?;
+        self.cfg.heads.check_cache(cache)?;
+        // Everything that can fail is checked before the cache is written.
+        s.decode.check(&h)?;
         let pos = cache.layer_position(layer)?;
         // One token's rows: a previous prefill resized these to its chunk (within capacity, so
         // this does not allocate after the first calls).
@@ -248,12 +239,12 @@ impl AttentionLayer {
             });
         }
         let t = xs.len() / dm;
-        check_len(
+        check_eq(
             "out length vs T * layer output width",
             t * self.out_dim(),
             out.len(),
         )?;
-        self.check_cache(cache)?;
+        self.cfg.heads.check_cache(cache)?;
         let pos = cache.layer_position(layer)?;
         let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
         s.q.resize(t * qw, 0.0);

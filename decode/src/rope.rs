@@ -32,13 +32,31 @@ impl Rope {
         Ok(())
     }
 
-    /// Rotates every `head_dim`-long head in `x` for position `pos`.
+    /// Rotates every `head_dim`-long head in `x` for position `pos`. The angles depend only on
+    /// the position and the pair index, so they are computed once per call and shared by every
+    /// head. A zero or odd `head_dim` leaves `x` unchanged (layers reject it up front).
     pub fn apply(&self, x: &mut [f32], head_dim: usize, pos: usize) {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return;
+        }
         let half = head_dim / 2;
+        // Up to 256 pairs on the stack (head_dim ≤ 512); larger heads fall back to the
+        // per-element computation.
+        const MAX_HALF: usize = 256;
+        let mut cs = [(0.0f64, 0.0f64); MAX_HALF];
+        let angle = |i: usize| {
+            let theta = pos as f64 * self.base.powf(-2.0 * i as f64 / head_dim as f64);
+            let (sin, cos) = theta.sin_cos();
+            (cos, sin)
+        };
+        if half <= MAX_HALF {
+            for (i, c) in cs.iter_mut().enumerate().take(half) {
+                *c = angle(i);
+            }
+        }
         for head in x.chunks_exact_mut(head_dim) {
             for i in 0..half {
-                let theta = pos as f64 * self.base.powf(-2.0 * i as f64 / head_dim as f64);
-                let (sin, cos) = theta.sin_cos();
+                let (cos, sin) = if half <= MAX_HALF { cs[i] } else { angle(i) };
                 let (a, b) = (head[i] as f64, head[i + half] as f64);
                 head[i] = (a * cos - b * sin) as f32;
                 head[i + half] = (a * sin + b * cos) as f32;

@@ -16,9 +16,10 @@ pub enum Parallelism {
 /// Execution settings passed to every kernel: an ISA this CPU is known to have, and a
 /// [`Parallelism`]. Cheap to copy; build it once.
 ///
-/// Results never depend on the thread count: work is split over output tiles (never over the
-/// reduction dimension), so every thread count gives bit-identical output. Different ISAs may
-/// differ in the last bits (vector width changes summation order).
+/// The matmul and softmax kernels of this crate split work over output tiles or rows (never over
+/// a reduction), so their results are bit-identical for every thread count. Different ISAs may
+/// differ in the last bits (vector width changes summation order). (Split-sequence attention in
+/// the `decode` crate is the exception: it documents its own rule.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Exec {
     isa: Isa,

@@ -3,7 +3,7 @@
 //! memory order, and always compute in f32 (bf16 widens exactly to f32).
 
 use crate::arch::{Simd, prefetch, with_simd};
-use crate::error::{Result, check_dim, check_len};
+use crate::error::{KernelError, Result, check_dim, check_len};
 use crate::exec::Exec;
 use crate::softmax::OnlineSoftmax;
 
@@ -143,11 +143,11 @@ pub fn dot_rows(
     scores: &mut [f32],
 ) -> Result<()> {
     let d = q.len();
-    check_dim(
-        "rows length vs scores.len() * q.len()",
-        scores.len() * d,
-        rows.len(),
-    )?;
+    let needed = scores
+        .len()
+        .checked_mul(d)
+        .ok_or(KernelError::SizeOverflow)?;
+    check_dim("rows length vs scores.len() * q.len()", needed, rows.len())?;
     with_simd!(exec.isa(), |s| s.vectorize(
         #[inline(always)]
         || match rows {
@@ -166,9 +166,13 @@ pub fn accumulate_rows(
     acc: &mut [f32],
 ) -> Result<()> {
     let d = acc.len();
+    let needed = weights
+        .len()
+        .checked_mul(d)
+        .ok_or(KernelError::SizeOverflow)?;
     check_dim(
         "rows length vs weights.len() * acc.len()",
-        weights.len() * d,
+        needed,
         rows.len(),
     )?;
     with_simd!(exec.isa(), |s| s.vectorize(
@@ -212,17 +216,21 @@ pub fn attend_partial(
 ) -> Result<()> {
     let g = states.len();
     check_dim("acc length vs q length", q.len(), acc.len())?;
-    if g == 0 || !q.len().is_multiple_of(g) {
-        return Err(crate::KernelError::InvalidArgument(
-            "q length must be a positive multiple of the number of states (heads)",
-        ));
+    if g == 0 || q.is_empty() || !q.len().is_multiple_of(g) {
+        return Err(KernelError::ShapeMismatch {
+            what: "q length vs a positive multiple of states.len() (heads)",
+            expected: q.len().div_ceil(g.max(1)).max(1) * g.max(1),
+            got: q.len(),
+        });
     }
     let d = q.len() / g;
     check_dim("values length vs keys length", keys.len(), values.len())?;
-    if d == 0 || !keys.len().is_multiple_of(d) {
-        return Err(crate::KernelError::InvalidArgument(
-            "keys length must be a multiple of the head dimension",
-        ));
+    if !keys.len().is_multiple_of(d) {
+        return Err(KernelError::ShapeMismatch {
+            what: "keys length vs a multiple of the head dimension (q.len() / states.len())",
+            expected: keys.len().div_ceil(d) * d,
+            got: keys.len(),
+        });
     }
     let dtype = match keys {
         KvRows::F32(_) => KvDtype::F32,
@@ -240,7 +248,7 @@ pub fn attend_partial(
             (KvRows::Bf16(k), KvRows::Bf16(v)) => {
                 attend_impl(s, q, k, v, n, block, scale, states, acc, scores)
             }
-            _ => Err(crate::KernelError::InvalidArgument(
+            _ => Err(KernelError::InvalidArgument(
                 "keys and values must have the same storage type",
             )),
         }

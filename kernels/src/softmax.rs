@@ -145,7 +145,9 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                 for i in t * rows_per_task..((t + 1) * rows_per_task).min(rows) {
                     let valid = match opts.mask {
                         Mask::None => row_len,
-                        Mask::Causal { offset } => (i + offset + 1).min(row_len),
+                        Mask::Causal { offset } => {
+                            i.saturating_add(offset).saturating_add(1).min(row_len)
+                        }
                     };
                     let row = ptr.row(i, row_len);
                     // SAFETY: row `i < rows` spans `row_len` floats of both buffers, which the
@@ -204,7 +206,10 @@ pub(crate) unsafe fn max_of<S: Simd>(s: S, p: *const f32, n: usize) -> f32 {
     s.reduce_max(s.max(s.max(m[0], m[1]), s.max(m[2], m[3])))
 }
 
-/// Writes `exp(scale·(src_i − max))` to `dst` and returns their sum (f64-accumulated).
+/// Writes `exp(scale·(src_i − max))` to `dst` and returns their sum (f64-accumulated). The
+/// difference is taken before scaling: `src_i − max` is exactly 0 at the max and can only round
+/// toward −∞ elsewhere, whereas `scale·src_i − scale·max` would leave the rounding error of
+/// `scale·max` (huge for logits near 1e30) in every exponent.
 ///
 /// # Safety
 /// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal).
@@ -220,27 +225,30 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
     let lanes = S::LANES;
     let full = n / lanes * lanes;
     let vscale = s.splat(scale);
-    let shift = s.splat(-scale * max);
+    let neg_max = s.splat(-max);
     let mut acc = [s.acc64_zero(), s.acc64_zero()];
     let mut i = 0;
     // SAFETY: every offset stays below `n`.
     unsafe {
         while i + 2 * lanes <= full {
             for (u, a) in acc.iter_mut().enumerate() {
-                let e = s.exp(s.fmadd(s.load(src.add(i + u * lanes)), vscale, shift));
+                let e = s.exp(s.mul(s.add(s.load(src.add(i + u * lanes)), neg_max), vscale));
                 s.store(dst.add(i + u * lanes), e);
                 *a = s.acc64_add(*a, e);
             }
             i += 2 * lanes;
         }
         while i < full {
-            let e = s.exp(s.fmadd(s.load(src.add(i)), vscale, shift));
+            let e = s.exp(s.mul(s.add(s.load(src.add(i)), neg_max), vscale));
             s.store(dst.add(i), e);
             acc[0] = s.acc64_add(acc[0], e);
             i += lanes;
         }
         if full < n {
-            let e = s.exp(s.fmadd(load_padded(s, src.add(full), n - full), vscale, shift));
+            let e = s.exp(s.mul(
+                s.add(load_padded(s, src.add(full), n - full), neg_max),
+                vscale,
+            ));
             s.store_partial(dst.add(full), n - full, e);
             acc[1] = s.acc64_add(acc[1], e);
         }

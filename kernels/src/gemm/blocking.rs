@@ -46,7 +46,9 @@ pub(crate) const AVX2: Blocking = Blocking {
     mc: 192,
     nc: 4096,
 };
-/// 4×16 portable tile (on SSE2: 16 of the 16 xmm registers hold accumulators and operands).
+/// 4×16 portable tile. On an SSE2-only build an `f32x8` is two xmm registers, so the 8
+/// accumulators already fill the 16 xmm registers and operands spill; builds with AVX keep
+/// them all in registers. The portable path is the always-correct fallback, not the fast one.
 pub(crate) const PORTABLE: Blocking = Blocking {
     mr: 4,
     nv: 2,

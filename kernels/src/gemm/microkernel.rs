@@ -77,18 +77,9 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
         }
         p += 2;
     }
-    for p in p..kc {
-        // SAFETY: `p < kc`, so row `p` of both packed panels is in bounds.
-        let (bp, ap) = unsafe { (b.add(p * nr), a.add(p * MR)) };
-        // SAFETY: each packed B row holds `nr = NV·lanes` floats.
-        let bv: [S::V; NV] = std::array::from_fn(|v| unsafe { s.load(bp.add(v * lanes)) });
-        for (i, row) in acc.iter_mut().enumerate() {
-            // SAFETY: each packed A row holds MR floats.
-            let ai = s.splat(unsafe { *ap.add(i) });
-            for (v, x) in row.iter_mut().enumerate() {
-                *x = s.fmadd(ai, bv[v], *x);
-            }
-        }
+    if p < kc {
+        // SAFETY: `p < kc`, so row `p` of both panels is in bounds.
+        unsafe { step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.add(p * nr)) };
     }
 
     let alpha = s.splat(out.alpha);
