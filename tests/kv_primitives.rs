@@ -352,7 +352,7 @@ fn attend_partial_against_f64() {
                         let scale = 1.0 / (d as f32).sqrt();
                         let mut states = vec![kernels::OnlineSoftmax::EMPTY; g];
                         let mut acc = vec![0.0f32; g * d];
-                        let mut scores = vec![0.0f32; g * kernels::MAX_ATTEND_BLOCK_ROWS];
+                        let mut scores = vec![0.0f32; kernels::attend_scratch_len(g, d)];
                         // Two calls: rows [0, n/3) then [n/3, n), as a caller streaming a ring.
                         let cut = n / 3;
                         for (lo, hi) in [(0, cut), (cut, n)] {

@@ -97,7 +97,7 @@ impl DecodeScratch {
                 states: vec![OnlineSoftmax::EMPTY; g],
                 acc: vec![0.0; g * heads.head_dim],
                 // Room for the longest block of either storage type.
-                scores: vec![0.0; g * kernels::MAX_ATTEND_BLOCK_ROWS],
+                scores: vec![0.0; kernels::attend_scratch_len(g, heads.head_dim)],
             })
             .collect();
         Ok(Self {

@@ -102,6 +102,22 @@ trait Elem: Copy {
     /// # Safety
     /// `p .. p + n` readable, `n < LANES`.
     unsafe fn load_partial<S: Simd>(s: S, p: *const Self, n: usize) -> S::V;
+    /// Whether [`load_vecs`](Self::load_vecs) has a cheaper permuted form.
+    const PAIRS: bool = false;
+    /// `N` consecutive vectors from `p`. With `PERM` (only when [`PAIRS`](Self::PAIRS), `N`
+    /// even), vectors `2j` and `2j+1` hold the even- and odd-indexed elements of the
+    /// `2·LANES`-element chunk `j` instead: see [`permute_pairs`].
+    ///
+    /// # Safety
+    /// `p .. p + N·LANES` readable.
+    #[inline(always)]
+    unsafe fn load_vecs<S: Simd, const N: usize, const PERM: bool>(
+        s: S,
+        p: *const Self,
+    ) -> [S::V; N] {
+        // SAFETY: vector v reads `p + v·LANES .. + LANES`, inside what the caller vouched for.
+        std::array::from_fn(|v| unsafe { Self::load(s, p.add(v * S::LANES)) })
+    }
 }
 
 impl Elem for f32 {
@@ -118,6 +134,25 @@ impl Elem for f32 {
 }
 
 impl Elem for Bf16 {
+    const PAIRS: bool = true;
+    #[inline(always)]
+    unsafe fn load_vecs<S: Simd, const N: usize, const PERM: bool>(
+        s: S,
+        p: *const Bf16,
+    ) -> [S::V; N] {
+        if !PERM {
+            // SAFETY: vector v reads `p + v·LANES .. + LANES`, inside what the caller vouched for.
+            return std::array::from_fn(|v| unsafe { Self::load(s, p.add(v * S::LANES)) });
+        }
+        let mut out = [s.zero(); N];
+        for j in 0..N / 2 {
+            // SAFETY: chunk j reads `p + 2j·LANES .. + 2·LANES`, inside the N·LANES vouched for.
+            let (even, odd) = unsafe { s.load_bf16_pairs(p.add(2 * j * S::LANES) as *const u16) };
+            out[2 * j] = even;
+            out[2 * j + 1] = odd;
+        }
+        out
+    }
     #[inline(always)]
     unsafe fn load<S: Simd>(s: S, p: *const Bf16) -> S::V {
         // SAFETY: forwarded from the caller; `Bf16` is `repr(transparent)` over u16.
@@ -189,6 +224,12 @@ pub fn accumulate_rows(
 /// score scratch serve every head size and storage type.
 pub const MAX_ATTEND_BLOCK_ROWS: usize = 512;
 
+/// Floats of scratch [`attend_partial`] needs for `g` heads of `head_dim`: a score block per
+/// head, and room to hold q and the accumulators in the bf16 fast path's element order.
+pub fn attend_scratch_len(g: usize, head_dim: usize) -> usize {
+    g * (MAX_ATTEND_BLOCK_ROWS + 2 * head_dim)
+}
+
 /// Rows of keys (and of values) per block of [`attend_partial`]: each key and value row is
 /// loaded once for all heads of the group, so blocks need not stay in L1; 32 KiB of K per
 /// block keeps the per-block softmax bookkeeping small against the streaming.
@@ -201,7 +242,7 @@ pub fn attend_block_rows(head_dim: usize, dtype: KvDtype) -> usize {
 /// head folds `scale · K·q_h` into its running softmax state `states[h]` and
 /// `Σ weight · v` into its unnormalised accumulator `acc[h·d ..]`. Keys and values are read
 /// from memory once for the whole group. `q`: `g × d`; `keys`, `values`: `n × d`; `scores`:
-/// scratch of at least `g × block` floats. Call again with more rows to continue; the result
+/// scratch of at least [`attend_scratch_len`]`(g, d)` floats. Call again with more rows to continue; the result
 /// is `acc[h] · states[h].inverse_sum()`.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_partial(
@@ -237,7 +278,7 @@ pub fn attend_partial(
         KvRows::Bf16(_) => KvDtype::Bf16,
     };
     let block = attend_block_rows(d, dtype);
-    check_len("scores scratch", g * block, scores.len())?;
+    check_len("scores scratch", attend_scratch_len(g, d), scores.len())?;
     let n = keys.len() / d;
     with_simd!(exec.isa(), |s| s.vectorize(
         #[inline(always)]
@@ -267,8 +308,71 @@ fn attend_impl<S: Simd, T: Elem>(
     scale: f32,
     states: &mut [OnlineSoftmax],
     acc: &mut [f32],
-    scores: &mut [f32],
+    scratch: &mut [f32],
 ) -> Result<()> {
+    let g = states.len();
+    let d = q.len() / g;
+    let (scores, rest) = scratch.split_at_mut(g * MAX_ATTEND_BLOCK_ROWS);
+    // bf16 rows of whole 4-vector chunks are widened in the cheaper even/odd order; q and the
+    // accumulators are permuted to match once per call, and permuted back at the end.
+    if T::PAIRS && d.is_multiple_of(4 * S::LANES) && d / S::LANES <= 8 {
+        let (qp, ap) = rest.split_at_mut(g * d);
+        permute_pairs(q, &mut qp[..g * d], S::LANES, false);
+        permute_pairs(acc, &mut ap[..g * d], S::LANES, false);
+        attend_blocks::<S, T, true>(
+            s,
+            &qp[..g * d],
+            keys,
+            values,
+            n,
+            block,
+            scale,
+            states,
+            &mut ap[..g * d],
+            scores,
+        );
+        permute_pairs(&ap[..g * d], acc, S::LANES, true);
+    } else {
+        attend_blocks::<S, T, false>(s, q, keys, values, n, block, scale, states, acc, scores);
+    }
+    Ok(())
+}
+
+/// Reorders each `2·lanes`-element chunk of `src` into `dst` as its even-indexed elements then
+/// its odd-indexed ones (the order of [`Simd::load_bf16_pairs`]), or back with `inverse`.
+/// Lengths are multiples of `2·lanes`.
+fn permute_pairs(src: &[f32], dst: &mut [f32], lanes: usize, inverse: bool) {
+    for (sc, dc) in src
+        .chunks_exact(2 * lanes)
+        .zip(dst.chunks_exact_mut(2 * lanes))
+    {
+        for j in 0..lanes {
+            for parity in 0..2 {
+                let (natural, permuted) = (2 * j + parity, parity * lanes + j);
+                if inverse {
+                    dc[natural] = sc[permuted];
+                } else {
+                    dc[permuted] = sc[natural];
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_blocks<S: Simd, T: Elem, const PERM: bool>(
+    s: S,
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    n: usize,
+    block: usize,
+    scale: f32,
+    states: &mut [OnlineSoftmax],
+    acc: &mut [f32],
+    scores: &mut [f32],
+) {
     let d = q.len() / states.len();
     let mut b0 = 0;
     while b0 < n {
@@ -277,7 +381,7 @@ fn attend_impl<S: Simd, T: Elem>(
             &keys[b0 * d..(b0 + rows) * d],
             &values[b0 * d..(b0 + rows) * d],
         );
-        dot_rows_group(s, q, kb, d, rows, block, scale, scores);
+        dot_rows_group::<S, T, PERM>(s, q, kb, d, rows, block, scale, scores);
         for (h, state) in states.iter_mut().enumerate() {
             let factor = state.absorb_in(s, &mut scores[h * block..h * block + rows]);
             if factor != 1.0 {
@@ -286,10 +390,9 @@ fn attend_impl<S: Simd, T: Elem>(
                 unsafe { crate::softmax::scale_in_place(s, a.as_mut_ptr(), d, factor) };
             }
         }
-        accumulate_group(s, scores, vb, d, rows, block, acc);
+        accumulate_group::<S, T, PERM>(s, scores, vb, d, rows, block, acc);
         b0 += rows;
     }
-    Ok(())
 }
 
 /// How far ahead of use the streaming loops prefetch: enough lines in flight to cover DRAM
@@ -310,7 +413,7 @@ fn prefetch_row(p: *const u8, bytes: usize) {
 /// of whole 4-vector chunks, up to four heads share each loaded (and widened) value row, their
 /// 4×4 accumulators in registers; other shapes take the per-head path.
 #[inline(always)]
-fn accumulate_group<S: Simd, T: Elem>(
+fn accumulate_group<S: Simd, T: Elem, const PERM: bool>(
     s: S,
     weights: &[f32],
     vb: &[T],
@@ -342,10 +445,10 @@ fn accumulate_group<S: Simd, T: Elem>(
             // all inside `weights`, `vb` and `acc`.
             unsafe {
                 match heads {
-                    4 => accumulate_chunk_heads::<S, T, 4, W>(s, w, block, v, d, rows, a),
-                    3 => accumulate_chunk_heads::<S, T, 3, W>(s, w, block, v, d, rows, a),
-                    2 => accumulate_chunk_heads::<S, T, 2, W>(s, w, block, v, d, rows, a),
-                    _ => accumulate_chunk_heads::<S, T, 1, W>(s, w, block, v, d, rows, a),
+                    4 => accumulate_chunk_heads::<S, T, 4, W, PERM>(s, w, block, v, d, rows, a),
+                    3 => accumulate_chunk_heads::<S, T, 3, W, PERM>(s, w, block, v, d, rows, a),
+                    2 => accumulate_chunk_heads::<S, T, 2, W, PERM>(s, w, block, v, d, rows, a),
+                    _ => accumulate_chunk_heads::<S, T, 1, W, PERM>(s, w, block, v, d, rows, a),
                 }
             }
         }
@@ -360,7 +463,13 @@ fn accumulate_group<S: Simd, T: Elem>(
 /// with `W·LANES` readable elements each, `acc` at `G` rows of stride `d` with `W·LANES`
 /// writable floats each.
 #[inline(always)]
-unsafe fn accumulate_chunk_heads<S: Simd, T: Elem, const G: usize, const W: usize>(
+unsafe fn accumulate_chunk_heads<
+    S: Simd,
+    T: Elem,
+    const G: usize,
+    const W: usize,
+    const PERM: bool,
+>(
     s: S,
     weights: *const f32,
     block: usize,
@@ -378,7 +487,7 @@ unsafe fn accumulate_chunk_heads<S: Simd, T: Elem, const G: usize, const W: usiz
         for r in 0..rows {
             let row = vb.add(r * d);
             prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), chunk_bytes);
-            let v: [S::V; W] = std::array::from_fn(|w| T::load(s, row.add(w * lanes)));
+            let v: [S::V; W] = T::load_vecs::<S, W, PERM>(s, row);
             for (h, ah) in a.iter_mut().enumerate() {
                 let wt = s.splat(*weights.add(h * block + r));
                 for (x, vw) in ah.iter_mut().zip(&v) {
@@ -399,7 +508,7 @@ unsafe fn accumulate_chunk_heads<S: Simd, T: Elem, const G: usize, const W: usiz
 /// head, when the head fits in 8 vectors; other head sizes take the per-head path.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn dot_rows_group<S: Simd, T: Elem>(
+fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
     s: S,
     q: &[f32],
     kb: &[T],
@@ -413,7 +522,9 @@ fn dot_rows_group<S: Simd, T: Elem>(
     macro_rules! fixed {
         ($v:literal) => {
             // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `q` g·d and `scores` g·block.
-            unsafe { dot_rows_group_fixed::<S, T, $v>(s, q, kb, g, rows, block, scale, scores) }
+            unsafe {
+                dot_rows_group_fixed::<S, T, $v, PERM>(s, q, kb, g, rows, block, scale, scores)
+            }
         };
     }
     if d.is_multiple_of(S::LANES) {
@@ -442,7 +553,7 @@ fn dot_rows_group<S: Simd, T: Elem>(
 /// `rows ≤ block`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize>(
+unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize, const PERM: bool>(
     s: S,
     q: &[f32],
     kb: &[T],
@@ -461,7 +572,7 @@ unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize>(
         for r in 0..rows {
             let row = kb.as_ptr().add(r * d);
             prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), row_bytes);
-            let k: [S::V; V] = std::array::from_fn(|v| T::load(s, row.add(v * lanes)));
+            let k: [S::V; V] = T::load_vecs::<S, V, PERM>(s, row);
             for h in 0..g {
                 let qh = q.as_ptr().add(h * d);
                 // Two chains per head; heads are independent, so their chains overlap.

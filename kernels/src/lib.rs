@@ -17,7 +17,7 @@ pub use exp::exp;
 pub use gemm::{GemmWorkspace, gemm};
 pub use kv::{
     Bf16, KvDtype, KvRows, MAX_ATTEND_BLOCK_ROWS, accumulate_rows, attend_block_rows,
-    attend_partial, dot_rows, scale_slice, to_bf16,
+    attend_partial, attend_scratch_len, dot_rows, scale_slice, to_bf16,
 };
 pub use softmax::{Mask, OnlineSoftmax, SoftmaxOptions, softmax_rows, softmax_rows_into};
 pub use view::{MatMut, MatRef};

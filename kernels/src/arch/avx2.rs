@@ -83,6 +83,17 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
+    unsafe fn load_bf16_pairs(self, p: *const u16) -> (__m256, __m256) {
+        // SAFETY: the caller guarantees 16 readable u16 at `p` (32 bytes); see the AVX-512
+        // version for the bit layout.
+        unsafe {
+            let x = _mm256_loadu_si256(p as *const __m256i);
+            let even = _mm256_slli_epi32::<16>(x);
+            let odd = _mm256_and_si256(x, _mm256_set1_epi32(0xffff_0000u32 as i32));
+            (_mm256_castsi256_ps(even), _mm256_castsi256_ps(odd))
+        }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m256) {
         // SAFETY: the caller guarantees 8 writable floats at `p`.
         unsafe { _mm256_storeu_ps(p, v) }

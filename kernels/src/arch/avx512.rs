@@ -82,6 +82,18 @@ impl Simd for Avx512 {
         }
     }
     #[inline(always)]
+    unsafe fn load_bf16_pairs(self, p: *const u16) -> (__m512, __m512) {
+        // SAFETY: the caller guarantees 32 readable u16 at `p` (64 bytes). Element 2j sits in the
+        // low half of 32-bit lane j, 2j+1 in its high half: shifting up, or masking the low half
+        // away, leaves exactly those bf16 values as f32 bit patterns.
+        unsafe {
+            let x = _mm512_loadu_si512(p as *const __m512i);
+            let even = _mm512_slli_epi32::<16>(x);
+            let odd = _mm512_and_si512(x, _mm512_set1_epi32(0xffff_0000u32 as i32));
+            (_mm512_castsi512_ps(even), _mm512_castsi512_ps(odd))
+        }
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: __m512) {
         // SAFETY: the caller guarantees 16 writable floats at `p`.
         unsafe { _mm512_storeu_ps(p, v) }

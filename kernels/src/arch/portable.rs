@@ -56,6 +56,16 @@ impl Simd for Portable {
         f32x8::from(h.map(|b| f32::from_bits((b as u32) << 16)))
     }
     #[inline(always)]
+    unsafe fn load_bf16_pairs(self, p: *const u16) -> (f32x8, f32x8) {
+        // SAFETY: the caller guarantees 16 readable u16 at `p`.
+        let h = unsafe { (p as *const [u16; 16]).read_unaligned() };
+        let widen = |b: u16| f32::from_bits((b as u32) << 16);
+        (
+            f32x8::from(std::array::from_fn::<f32, 8, _>(|j| widen(h[2 * j]))),
+            f32x8::from(std::array::from_fn::<f32, 8, _>(|j| widen(h[2 * j + 1]))),
+        )
+    }
+    #[inline(always)]
     unsafe fn store(self, p: *mut f32, v: f32x8) {
         // SAFETY: the caller guarantees 8 writable floats at `p`.
         unsafe { (p as *mut [f32; 8]).write_unaligned(v.to_array()) }
