@@ -5,7 +5,8 @@
 //!   slots (the attention window), optional sinks, f32 or bf16 storage, rollback.
 //! - [`decode_attention`] / [`prefill_attention`]: one token, or a causal chunk, against the
 //!   cache; [`AttentionLayer`] adds the projections, RoPE and the output projection.
-//! - [`reference`]: the f64 full-recompute oracle; [`bench`]: workloads for the harness.
+//! - [`reference`](mod@reference): the f64 full-recompute oracle; [`bench`](mod@bench):
+//!   workloads for the harness.
 //!
 //! ```
 //! use decode::{AttentionLayer, CacheConfig, HeadConfig, KvCache, LayerConfig, LayerScratch,

@@ -1,6 +1,6 @@
 //! Everything that names an instruction set lives under this module.
 //!
-//! [`Isa`] says which path runs. [`Simd`] is the small vector vocabulary (splat, load, fmadd,
+//! [`Isa`] says which path runs. `Simd` is the small vector vocabulary (splat, load, fmadd,
 //! reduce, exp, ...) that every kernel is written against once; each ISA implements it in its
 //! own file. The implementing types are zero-sized *tokens* that can only be constructed after
 //! the CPU has been checked for their features, so holding one is the proof that makes the
