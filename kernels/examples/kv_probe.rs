@@ -9,7 +9,7 @@ fn main() {
         let qg: Vec<f32> = (0..g * d).map(|i| (i % 7) as f32 * 0.1).collect();
         let mut states = vec![OnlineSoftmax::EMPTY; g];
         let mut acc = vec![0.0f32; g * d];
-        let mut sc = vec![0.0f32; g * 256];
+        let mut sc = vec![0.0f32; kernels::attend_scratch_len(g, d)];
         let reps = 4_000_000 / rows;
         let t = Instant::now();
         for _ in 0..reps {

@@ -520,12 +520,44 @@ fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
 ) {
     let g = q.len() / d;
     macro_rules! fixed {
-        ($v:literal) => {
-            // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `q` g·d and `scores` g·block.
-            unsafe {
-                dot_rows_group_fixed::<S, T, $v, PERM>(s, q, kb, g, rows, block, scale, scores)
+        ($v:literal) => {{
+            // On 16-lane paths, whole groups of 16 (row, head) pairs go through the shared
+            // transposed reduction; the remaining rows take the per-pair reduction.
+            let mut done = 0;
+            if S::HAS_TRANSPOSE_SUM16 && $v % 2 == 0 && matches!(g, 1 | 2 | 4) {
+                let per = 16 / g;
+                done = rows / per * per;
+                // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `q` g·d, `scores` g·block.
+                unsafe {
+                    match g {
+                        1 => dot_rows_transposed::<S, T, $v, PERM, 1>(
+                            s, q, kb, done, block, scale, scores,
+                        ),
+                        2 => dot_rows_transposed::<S, T, $v, PERM, 2>(
+                            s, q, kb, done, block, scale, scores,
+                        ),
+                        _ => dot_rows_transposed::<S, T, $v, PERM, 4>(
+                            s, q, kb, done, block, scale, scores,
+                        ),
+                    }
+                }
             }
-        };
+            let d = $v * S::LANES;
+            // SAFETY: rows done.. of `kb` (rows·d elements); scores from offset `done` keep the
+            // per-head stride `block`, and g·block − done ≥ (g−1)·block + rows − done.
+            unsafe {
+                dot_rows_group_fixed::<S, T, $v, PERM>(
+                    s,
+                    q,
+                    &kb[done * d..],
+                    g,
+                    rows - done,
+                    block,
+                    scale,
+                    &mut scores[done..],
+                )
+            }
+        }};
     }
     if d.is_multiple_of(S::LANES) {
         match d / S::LANES {
@@ -543,6 +575,76 @@ fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
     for h in 0..g {
         let sc = &mut scores[h * block..h * block + rows];
         dot_rows_impl(s, &q[h * d..(h + 1) * d], kb, scale, sc);
+    }
+}
+
+/// [`dot_rows_group`] for `rows` (a multiple of 16/G) rows and `G` heads of exactly `V`
+/// vectors, 16 (row, head) pairs at a time: their partial products accumulate lane-wise in 16
+/// registers (two key vectors and 2·G query vectors live at once), and one
+/// [`Simd::transpose_sum16`] turns them into 16 scores, head-major, so each head's run of
+/// 16/G scores is stored with one (masked) vector store.
+///
+/// # Safety
+/// `S::LANES == 16`, `V` even, `d = V·16`; `kb` holds `rows·d`, `q` holds `G·d` and `scores`
+/// holds `G·block` elements, `rows ≤ block`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_rows_transposed<
+    S: Simd,
+    T: Elem,
+    const V: usize,
+    const PERM: bool,
+    const G: usize,
+>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let d = V * lanes;
+    let per = 16 / G;
+    debug_assert!(lanes == 16 && V % 2 == 0 && rows % per == 0);
+    debug_assert!(
+        kb.len() >= rows * d && q.len() >= G * d && scores.len() >= (G - 1) * block + rows
+    );
+    let vscale = s.splat(scale);
+    let row_bytes = d * std::mem::size_of::<T>();
+    let mut r0 = 0;
+    // SAFETY: every offset below stays inside the lengths the caller vouched for.
+    unsafe {
+        while r0 < rows {
+            let mut acc = [s.zero(); 16];
+            for v in (0..V).step_by(2) {
+                let qv: [[S::V; 2]; G] = std::array::from_fn(|h| {
+                    let qh = q.as_ptr().add(h * d + v * lanes);
+                    [s.load(qh), s.load(qh.add(lanes))]
+                });
+                for r in 0..per {
+                    let row = kb.as_ptr().add((r0 + r) * d);
+                    if v == 0 {
+                        prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), row_bytes);
+                    }
+                    let k = T::load_vecs::<S, 2, PERM>(s, row.add(v * lanes));
+                    for (h, qh) in qv.iter().enumerate() {
+                        let a = &mut acc[h * per + r];
+                        *a = s.fmadd(qh[0], k[0], *a);
+                        *a = s.fmadd(qh[1], k[1], *a);
+                    }
+                }
+            }
+            let sums = s.mul(s.transpose_sum16(&acc), vscale);
+            let mut lanes_out = [0.0f32; 16];
+            s.store(lanes_out.as_mut_ptr(), sums);
+            for h in 0..G {
+                scores[h * block + r0..h * block + r0 + per]
+                    .copy_from_slice(&lanes_out[h * per..(h + 1) * per]);
+            }
+            r0 += per;
+        }
     }
 }
 

@@ -130,6 +130,34 @@ impl Simd for Avx512 {
         v!(_mm512_reduce_max_ps(v))
     }
 
+    const HAS_TRANSPOSE_SUM16: bool = true;
+    #[inline(always)]
+    fn transpose_sum16(self, v: &[__m512; 16]) -> __m512 {
+        v!({
+            // 16 → 8: within each 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3] for pairs (a, b).
+            let t: [__m512; 8] = std::array::from_fn(|i| {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
+            });
+            // 8 → 4: each 128-bit lane holds that lane's sums of four inputs [a, b, c, d].
+            let u: [__m512; 4] = std::array::from_fn(|i| {
+                let (x, y) = (t[2 * i], t[2 * i + 1]);
+                _mm512_add_ps(
+                    _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
+                    _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
+                )
+            });
+            // Sum across the four 128-bit lanes, keeping inputs 4k..4k+3 in lane k.
+            let fold = |x: __m512, y: __m512| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+                )
+            };
+            fold(fold(u[0], u[1]), fold(u[2], u[3]))
+        })
+    }
+
     #[inline(always)]
     fn exp(self, x: __m512) -> __m512 {
         v!({

@@ -72,6 +72,15 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// Maximum of all lanes (NaN lanes may be ignored).
     fn reduce_max(self, v: Self::V) -> f32;
 
+    /// Whether [`transpose_sum16`](Self::transpose_sum16) is implemented (16-lane paths).
+    const HAS_TRANSPOSE_SUM16: bool = false;
+    /// The horizontal sums of 16 vectors as one vector: lane `i` is the sum of `v[i]`'s lanes.
+    /// A shuffle network shares the work of 16 reductions (~45 operations instead of ~140).
+    fn transpose_sum16(self, v: &[Self::V; 16]) -> Self::V {
+        let _ = v;
+        unreachable!("only paths with HAS_TRANSPOSE_SUM16 are asked for it")
+    }
+
     /// `exp(x)` lane-wise; see [`crate::exp`] for the algorithm and its error bound.
     fn exp(self, x: Self::V) -> Self::V;
 
