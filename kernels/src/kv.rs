@@ -607,7 +607,7 @@ unsafe fn dot_rows_transposed<
     let lanes = S::LANES;
     let d = V * lanes;
     let per = 16 / G;
-    debug_assert!(lanes == 16 && V % 2 == 0 && rows % per == 0);
+    debug_assert!(lanes == 16 && V.is_multiple_of(2) && rows.is_multiple_of(per));
     debug_assert!(
         kb.len() >= rows * d && q.len() >= G * d && scores.len() >= (G - 1) * block + rows
     );
