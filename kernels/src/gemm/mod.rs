@@ -11,6 +11,7 @@ mod gemv;
 mod loops;
 mod microkernel;
 mod pack;
+mod skinny;
 mod workspace;
 
 pub use workspace::GemmWorkspace;
@@ -69,17 +70,24 @@ pub fn gemm(
         gemv_row(exec, alpha, b.t(), a.t(), beta, &mut ct, ws);
         return Ok(());
     }
+    // A few rows against row-contiguous B and C: stream B once, without packing it.
+    if m <= skinny::MAX_ROWS && b.col_stride() == 1 && c.col_stride() == 1 {
+        let (sa, sb) = (strided_of(&a), strided_of(&b));
+        let (cp, rsc) = (SharedMut(c.as_mut_ptr()), c.row_stride());
+        let acc = ws.b.get(skinny::workspace_len(m, n));
+        with_simd!(exec.isa(), |s| {
+            // SAFETY: A (m×k) and B (k×n, unit column stride) are validated views; C is m×n
+            // with unit column stride and distinct elements, borrowed mutably for the call.
+            unsafe { skinny::gemm_skinny(s, exec, (m, n, k), alpha, sa, sb, beta, cp, rsc, acc) }
+        });
+        return Ok(());
+    }
     let out = Out {
         c: SharedMut(c.as_mut_ptr()),
         rsc: c.row_stride(),
         csc: c.col_stride(),
     };
-    let strided = |v: &MatRef<'_>| Strided {
-        ptr: v.data().as_ptr(),
-        rs: v.row_stride(),
-        cs: v.col_stride(),
-    };
-    let (sa, sb) = (strided(&a), strided(&b));
+    let (sa, sb) = (strided_of(&a), strided_of(&b));
     let mut blk = blocking::choose(exec.isa(), m);
     blk.nc = blocking::nc_for(&blk, m);
     macro_rules! run {
@@ -110,6 +118,15 @@ pub fn gemm(
         other => unreachable!("no micro-kernel instantiated for {other:?}"),
     });
     Ok(())
+}
+
+/// The raw strided form of a validated view.
+fn strided_of(v: &MatRef<'_>) -> Strided {
+    Strided {
+        ptr: v.data().as_ptr(),
+        rs: v.row_stride(),
+        cs: v.col_stride(),
+    }
 }
 
 /// The m = 1 product, after shape checks, with B row- or column-contiguous.

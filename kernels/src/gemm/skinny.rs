@@ -1,0 +1,184 @@
+//! Very skinny products (m = 2 … 4 rows: decode of a few sequences at once): B streamed in row
+//! order with no packing.
+//!
+//! With few rows each element of B is used only m times, so packing B (a copy the size of B)
+//! costs about as much as the product and cannot overlap the memory stream. Here C's rows for a
+//! column chunk stay in L1 and four rows of B at a time are folded into them:
+//! `C[i, j..] += a[i,p]·B[p, j..] + … + a[i,p+3]·B[p+3, j..]` — one load and one store of C per
+//! four FMAs, B read once from memory in runs of `CHUNK` contiguous floats.
+
+use super::pack::Strided;
+use crate::arch::{Simd, prefetch};
+use crate::exec::{Exec, SharedMut};
+
+/// Most rows this path takes. Measured on 4096×4096 B (one thread, same run): m = 4 takes
+/// 6.5 ms here against 8.3–8.8 ms packed; at m = 8 the two are even and at m = 16 packing wins
+/// (11 ms against 15 ms), because every four FMAs here also load and store a C vector.
+pub(crate) const MAX_ROWS: usize = 4;
+/// Columns per chunk: C's rows for a chunk (16 × 512 × 4 B = 32 KiB) stay in L1, and B is read
+/// in 2 KiB runs.
+const CHUNK: usize = 512;
+/// Rows of B ahead of use that are prefetched (one step of four, plus four).
+const PREFETCH_ROWS: usize = 8;
+
+/// Floats of workspace [`gemm_skinny`] needs for an `m × n` product.
+pub(crate) fn workspace_len(m: usize, n: usize) -> usize {
+    m * CHUNK * n.div_ceil(CHUNK) + 1024
+}
+
+/// `C = α·A·B + β·C` for `m ≤ MAX_ROWS`, B and C row-contiguous (`cs = 1`). `acc` is workspace
+/// of [`workspace_len`] floats: C's rows are accumulated there, at an address chosen so that
+/// they never sit a multiple of 4 KiB away from the B rows being read (B's rows are usually
+/// 4 KiB-multiples apart, and a store 4 KiB from a later load stalls that load).
+///
+/// # Safety
+/// `a` is readable on `m × k`, `b` on `k × n` with `b.cs == 1`, `c` readable and writable on
+/// `m × n` with column stride 1 and pairwise distinct rows, untouched by others.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_skinny<S: Simd>(
+    s: S,
+    exec: &Exec,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Strided,
+    b: Strided,
+    beta: f32,
+    c: SharedMut,
+    rsc: usize,
+    acc: &mut [f32],
+) {
+    debug_assert!(m <= MAX_ROWS && b.cs == 1 && acc.len() >= workspace_len(m, n));
+    let region = m * CHUNK;
+    // Put the accumulator 1 KiB (mod 4 KiB) past B's rows.
+    let (b_addr, acc_addr) = (b.ptr as usize, acc.as_ptr() as usize);
+    let skew = (b_addr + 1024).wrapping_sub(acc_addr) % 4096 / 4;
+    let acc = &mut acc[skew..skew + region * n.div_ceil(CHUNK)];
+    exec.for_each_chunk_mut(acc, region, |chunk, acc| {
+        let j0 = chunk * CHUNK;
+        let cols = CHUNK.min(n - j0);
+        s.vectorize(
+            #[inline(always)]
+            // SAFETY: columns j0..j0+cols < n of B and C, rows < m of A and C; chunks are
+            // disjoint column ranges of C, owned by one task each, and `acc` is this chunk's.
+            || unsafe {
+                chunk_kernel(s, m, k, a, b.offset(0, j0), cols, acc);
+                write_back(s, m, cols, alpha, acc, beta, c.at(j0), rsc);
+            },
+        );
+    });
+}
+
+/// `C = α·acc + β·C` for one chunk (C is not read when β = 0).
+///
+/// # Safety
+/// `c` is writable (and readable) on `m` rows of `cols` floats, `rsc` apart.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn write_back<S: Simd>(
+    s: S,
+    m: usize,
+    cols: usize,
+    alpha: f32,
+    acc: &[f32],
+    beta: f32,
+    c: *mut f32,
+    rsc: usize,
+) {
+    let lanes = S::LANES;
+    let full = cols / lanes * lanes;
+    let (va, vb) = (s.splat(alpha), s.splat(beta));
+    // SAFETY: rows < m and columns < cols of C as vouched; `acc` holds
+    // m·CHUNK ≥ m·cols floats.
+    unsafe {
+        for i in 0..m {
+            let (ci, ai) = (c.add(i * rsc), acc.as_ptr().add(i * CHUNK));
+            for j in (0..full).step_by(lanes) {
+                let t = s.mul(va, s.load(ai.add(j)));
+                let v = if beta == 0.0 {
+                    t
+                } else {
+                    s.fmadd(vb, s.load(ci.add(j)), t)
+                };
+                s.store(ci.add(j), v);
+            }
+            if full < cols {
+                let n = cols - full;
+                let t = s.mul(va, s.load_partial(ai.add(full), n));
+                let v = if beta == 0.0 {
+                    t
+                } else {
+                    s.fmadd(vb, s.load_partial(ci.add(full), n), t)
+                };
+                s.store_partial(ci.add(full), n, v);
+            }
+        }
+    }
+}
+
+/// `acc[i, 0..cols] = Σ_p A[i, p] · B[p, 0..cols]` for one column chunk (`acc` rows are
+/// `CHUNK` apart).
+///
+/// # Safety
+/// `a` readable on `m × k`, `b` on `k × cols` with unit column stride; `acc` holds `m·CHUNK`.
+#[inline(always)]
+unsafe fn chunk_kernel<S: Simd>(
+    s: S,
+    m: usize,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    cols: usize,
+    acc: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let full = cols / lanes * lanes;
+    let tail = cols - full;
+    acc[..m * CHUNK].fill(0.0);
+    let c = acc.as_mut_ptr();
+    // SAFETY: rows < m, columns < cols, and B rows < k, as vouched; `acc`
+    // rows are CHUNK ≥ cols apart.
+    unsafe {
+        let mut p = 0;
+        while p < k {
+            let depth = 4.min(k - p);
+            let rows: [*const f32; 4] =
+                std::array::from_fn(|u| b.ptr.add((p + u.min(depth - 1)) * b.rs));
+            // The next steps' row runs, so their DRAM pages stream in during this step.
+            for u in 0..depth {
+                let ahead = rows[u].wrapping_add(PREFETCH_ROWS * b.rs);
+                (0..cols)
+                    .step_by(16)
+                    .for_each(|j| prefetch(ahead.wrapping_add(j)));
+            }
+            for i in 0..m {
+                let ai = a.ptr.add(i * a.rs + p * a.cs);
+                let w: [S::V; 4] = std::array::from_fn(|u| {
+                    s.splat(if u < depth { *ai.add(u * a.cs) } else { 0.0 })
+                });
+                let ci = c.add(i * CHUNK);
+                for j in (0..full).step_by(lanes) {
+                    let mut x = s.load(ci.add(j));
+                    x = s.fmadd(w[0], s.load(rows[0].add(j)), x);
+                    if depth == 4 {
+                        x = s.fmadd(w[1], s.load(rows[1].add(j)), x);
+                        x = s.fmadd(w[2], s.load(rows[2].add(j)), x);
+                        x = s.fmadd(w[3], s.load(rows[3].add(j)), x);
+                    } else {
+                        for u in 1..depth {
+                            x = s.fmadd(w[u], s.load(rows[u].add(j)), x);
+                        }
+                    }
+                    s.store(ci.add(j), x);
+                }
+                if tail > 0 {
+                    let mut x = s.load_partial(ci.add(full), tail);
+                    for u in 0..depth {
+                        x = s.fmadd(w[u], s.load_partial(rows[u].add(full), tail), x);
+                    }
+                    s.store_partial(ci.add(full), tail, x);
+                }
+            }
+            p += depth;
+        }
+    }
+}
