@@ -144,8 +144,8 @@ unsafe fn chunk_kernel<S: Simd>(
             let rows: [*const f32; 4] =
                 std::array::from_fn(|u| b.ptr.add((p + u.min(depth - 1)) * b.rs));
             // The next steps' row runs, so their DRAM pages stream in during this step.
-            for u in 0..depth {
-                let ahead = rows[u].wrapping_add(PREFETCH_ROWS * b.rs);
+            for row in rows.iter().take(depth) {
+                let ahead = row.wrapping_add(PREFETCH_ROWS * b.rs);
                 (0..cols)
                     .step_by(16)
                     .for_each(|j| prefetch(ahead.wrapping_add(j)));
