@@ -276,7 +276,9 @@ pub fn measure_fma(pool: &ThreadPool, isa: Isa, opts: &MeasureOpts) -> Result<Fm
     Ok(FmaPeak {
         isa,
         threads: pool.current_num_threads(),
-        gflops: flops / stats.median / 1e9,
+        // A roof is what the machine can do: the fastest sample, not the median, so that a
+        // neighbour's burst during the probe does not lower the roof.
+        gflops: flops / stats.min / 1e9,
         stats,
     })
 }
@@ -317,7 +319,7 @@ pub fn measure_read(
         threads,
         bytes,
         array_bytes: per * threads * 4,
-        gbps: bytes as f64 / stats.median / 1e9,
+        gbps: bytes as f64 / stats.min / 1e9,
         stats,
     })
 }

@@ -307,9 +307,11 @@ pub fn markdown(records: &[Record]) -> String {
         );
         out.push_str(
             "_How to read: FMA is 24 independent vector FMA chains per thread on every thread \
-             at once; read is a plain vectorised sum over an array of that size. Every % of \
+             at once; read is a plain vectorised sum over an array of that size. A roof is the \
+             fastest sample (what the machine can do), the columns show the spread. Every % of \
              roof below is relative to these numbers (bandwidth tier chosen by working-set \
-             size: fits 3/4 of the threads' L2 → L2, half the LLC → LLC, else DRAM)._\n\n",
+             size: fits 3/4 of the threads' L2 → L2, half the LLC → LLC, else DRAM), except \
+             GEMV and decode attention, which use a sum over exactly their bytes._\n\n",
         );
     }
 
