@@ -1,7 +1,7 @@
 //! One decode step of attention (H = 32, head_dim = 128, one layer) over context lengths
 //! 256…32768, for H_kv = 32 and 8 and for f32 and bf16 KV, with `Throughput::Bytes` of KV read
-//! per step, so criterion's rate is the KV read bandwidth; a `plain-sum` group reads the same
-//! number of bytes for the roofline. `cargo bench --bench attention`.
+//! per step, so criterion's rate is the KV read bandwidth; `plain-sum` reads the same number of
+//! bytes with a vectorised sum on the same threads, for the roofline. `cargo bench --bench attention`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use decode::bench::{AttnShape, DecodeBench};
@@ -31,7 +31,13 @@ fn decode_step(c: &mut Criterion) {
                 });
                 let plain: Vec<f32> = vec![1.0; bench.kv_bytes_per_step() / 4];
                 g.bench_function(BenchmarkId::new("plain-sum", &id), |b| {
-                    b.iter(|| black_box(plain.iter().sum::<f32>()))
+                    b.iter(|| {
+                        black_box(kernels::arch::sum_probe(
+                            kernels::Isa::detected(),
+                            &plain,
+                            rayon::current_num_threads(),
+                        ))
+                    })
                 });
             }
         }
