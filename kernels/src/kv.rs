@@ -95,7 +95,7 @@ impl KvRows<'_> {
 }
 
 /// How one storage type is loaded as f32 vectors.
-trait Elem: Copy {
+pub(crate) trait Elem: Copy {
     /// # Safety
     /// `p .. p + LANES` readable.
     unsafe fn load<S: Simd>(s: S, p: *const Self) -> S::V;
@@ -715,18 +715,48 @@ pub fn to_bf16(src: &[f32], dst: &mut [Bf16]) -> Result<()> {
 
 #[inline(always)]
 fn dot_rows_impl<S: Simd, T: Elem>(s: S, q: &[f32], rows: &[T], scale: f32, scores: &mut [f32]) {
+    debug_assert!(rows.len() >= scores.len() * q.len());
+    // SAFETY: the `scores.len()` rows of `q.len()` elements, `q.len()` apart, lie in `rows`.
+    unsafe {
+        dot_strided_rows(
+            s,
+            q,
+            rows.as_ptr(),
+            q.len(),
+            scores.len(),
+            scale,
+            scores.as_mut_ptr(),
+        )
+    }
+}
+
+/// `out[i] = scale · (q · row_i)` for `n` rows of `q.len()` contiguous elements starting at
+/// `rows`, `stride` elements apart: four rows at a time, two accumulators each to cover the
+/// FMA latency. Shared by the attention primitives and the column-contiguous GEMV.
+///
+/// # Safety
+/// Rows `0..n` (each `q.len()` elements at `rows + i·stride`) are readable; `out` has `n`
+/// writable floats.
+#[inline(always)]
+pub(crate) unsafe fn dot_strided_rows<S: Simd, T: Elem>(
+    s: S,
+    q: &[f32],
+    rows: *const T,
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: *mut f32,
+) {
     let (d, lanes) = (q.len(), S::LANES);
     let full = d / lanes * lanes;
     let tail = d - full;
-    let n = scores.len();
     let mut i = 0;
-    // SAFETY: row pointers index rows < n of `rows` (n·d elements, checked), and
-    // offsets stay below d; `q` has d floats.
+    // SAFETY: row pointers index rows < n, offsets stay below d, `q` has d floats, `out` n.
     unsafe {
         while i < n {
             let count = 4.min(n - i);
             let r: [*const T; 4] =
-                std::array::from_fn(|u| rows.as_ptr().add((i + u.min(count - 1)) * d));
+                std::array::from_fn(|u| rows.add((i + u.min(count - 1)) * stride));
             let mut lo = [s.zero(); 4];
             let mut hi = [s.zero(); 4];
             let mut p = 0;
@@ -752,7 +782,7 @@ fn dot_rows_impl<S: Simd, T: Elem>(s: S, q: &[f32], rows: &[T], scale: f32, scor
                 }
             }
             for u in 0..count {
-                scores[i + u] = scale * s.reduce_add(s.add(lo[u], hi[u]));
+                *out.add(i + u) = scale * s.reduce_add(s.add(lo[u], hi[u]));
             }
             i += count;
         }

@@ -76,53 +76,15 @@ unsafe fn rows_into<S: Simd>(s: S, x: &[f32], b: Strided, n: usize, acc: *mut f3
     }
 }
 
-/// `acc[j] = x · B[.., j]` for `j < n`, for B with contiguous columns (`b.rs == 1`).
+/// `acc[j] = x · B[.., j]` for `j < n`, for B with contiguous columns (`b.rs == 1`): the
+/// columns are rows of Bᵀ, so this is the attention primitive's strided dot product.
 ///
 /// # Safety
 /// As for [`rows_into`].
 #[inline(always)]
 unsafe fn columns_into<S: Simd>(s: S, x: &[f32], b: Strided, n: usize, acc: *mut f32) {
-    let lanes = S::LANES;
-    let k = x.len();
-    let full = k / lanes * lanes;
-    let tail = k - full;
-    // SAFETY: column pointers index columns < n, and offsets stay < k.
-    unsafe {
-        let mut j = 0;
-        while j < n {
-            let cols = 4.min(n - j);
-            let c: [*const f32; 4] =
-                std::array::from_fn(|i| b.ptr.add((j + i.min(cols - 1)) * b.cs));
-            let mut lo = [s.zero(); 4];
-            let mut hi = [s.zero(); 4];
-            let mut p = 0;
-            while p + 2 * lanes <= full {
-                let x0 = s.load(x.as_ptr().add(p));
-                let x1 = s.load(x.as_ptr().add(p + lanes));
-                for i in 0..4 {
-                    lo[i] = s.fmadd(x0, s.load(c[i].add(p)), lo[i]);
-                    hi[i] = s.fmadd(x1, s.load(c[i].add(p + lanes)), hi[i]);
-                }
-                p += 2 * lanes;
-            }
-            if p < full {
-                let x0 = s.load(x.as_ptr().add(p));
-                for i in 0..4 {
-                    lo[i] = s.fmadd(x0, s.load(c[i].add(p)), lo[i]);
-                }
-            }
-            if tail > 0 {
-                let x0 = s.load_partial(x.as_ptr().add(full), tail);
-                for i in 0..4 {
-                    hi[i] = s.fmadd(x0, s.load_partial(c[i].add(full), tail), hi[i]);
-                }
-            }
-            for i in 0..cols {
-                *acc.add(j + i) = s.reduce_add(s.add(lo[i], hi[i]));
-            }
-            j += cols;
-        }
-    }
+    // SAFETY: column j < n holds x.len() contiguous floats at `b.ptr + j·b.cs`.
+    unsafe { crate::kv::dot_strided_rows(s, x, b.ptr, b.cs, n, 1.0, acc) }
 }
 
 /// `y = α·x·B + β·y` with `x` contiguous (length k ≥ 1), `B` (k × n) with contiguous rows or
