@@ -1,0 +1,278 @@
+//! Scores: `scale · K·q` for one or several query heads, each key row read once.
+
+use super::types::Elem;
+use super::{PREFETCH_BYTES, prefetch_row};
+use crate::arch::Simd;
+
+/// `scores[h·block + r] = scale · (q_h · kb[r])` for every head `h` of the group and row `r`.
+/// Each key row is loaded (and widened, for bf16) once into registers and reused by every
+/// head, when the head fits in 8 vectors; other head sizes take the per-head path.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    d: usize,
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let g = q.len() / d;
+    macro_rules! fixed {
+        ($v:literal) => {{
+            // On 16-lane paths, whole groups of 16 (row, head) pairs go through the shared
+            // transposed reduction; the remaining rows take the per-pair reduction.
+            let mut done = 0;
+            if S::HAS_TRANSPOSE_SUM16 && $v % 2 == 0 && matches!(g, 1 | 2 | 4) {
+                let per = 16 / g;
+                done = rows / per * per;
+                // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `q` g·d, `scores` g·block.
+                unsafe {
+                    match g {
+                        1 => dot_rows_transposed::<S, T, $v, PERM, 1>(
+                            s, q, kb, done, block, scale, scores,
+                        ),
+                        2 => dot_rows_transposed::<S, T, $v, PERM, 2>(
+                            s, q, kb, done, block, scale, scores,
+                        ),
+                        _ => dot_rows_transposed::<S, T, $v, PERM, 4>(
+                            s, q, kb, done, block, scale, scores,
+                        ),
+                    }
+                }
+            }
+            let d = $v * S::LANES;
+            // SAFETY: rows done.. of `kb` (rows·d elements); scores from offset `done` keep the
+            // per-head stride `block`, and g·block − done ≥ (g−1)·block + rows − done.
+            unsafe {
+                dot_rows_group_fixed::<S, T, $v, PERM>(
+                    s,
+                    q,
+                    &kb[done * d..],
+                    g,
+                    rows - done,
+                    block,
+                    scale,
+                    &mut scores[done..],
+                )
+            }
+        }};
+    }
+    if d.is_multiple_of(S::LANES) {
+        match d / S::LANES {
+            8 => return fixed!(8),
+            7 => return fixed!(7),
+            6 => return fixed!(6),
+            5 => return fixed!(5),
+            4 => return fixed!(4),
+            3 => return fixed!(3),
+            2 => return fixed!(2),
+            1 => return fixed!(1),
+            _ => {}
+        }
+    }
+    for h in 0..g {
+        let sc = &mut scores[h * block..h * block + rows];
+        dot_rows_impl(s, &q[h * d..(h + 1) * d], kb, scale, sc);
+    }
+}
+
+/// [`dot_rows_group`] for `rows` (a multiple of 16/G) rows and `G` heads of exactly `V`
+/// vectors, 16 (row, head) pairs at a time: their partial products accumulate lane-wise in 16
+/// registers (two key vectors and 2·G query vectors live at once), and one
+/// [`Simd::transpose_sum16`] turns them into 16 scores, head-major, so each head's run of
+/// 16/G scores is stored with one (masked) vector store.
+///
+/// # Safety
+/// `S::LANES == 16`, `V` even, `d = V·16`; `kb` holds `rows·d`, `q` holds `G·d` and `scores`
+/// holds `G·block` elements, `rows ≤ block`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_rows_transposed<
+    S: Simd,
+    T: Elem,
+    const V: usize,
+    const PERM: bool,
+    const G: usize,
+>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let d = V * lanes;
+    let per = 16 / G;
+    debug_assert!(lanes == 16 && V.is_multiple_of(2) && rows.is_multiple_of(per));
+    debug_assert!(
+        kb.len() >= rows * d && q.len() >= G * d && scores.len() >= (G - 1) * block + rows
+    );
+    let vscale = s.splat(scale);
+    let row_bytes = d * std::mem::size_of::<T>();
+    let mut r0 = 0;
+    // SAFETY: every offset below stays inside the lengths the caller vouched for.
+    unsafe {
+        while r0 < rows {
+            let mut acc = [s.zero(); 16];
+            for v in (0..V).step_by(2) {
+                let qv: [[S::V; 2]; G] = std::array::from_fn(|h| {
+                    let qh = q.as_ptr().add(h * d + v * lanes);
+                    [s.load(qh), s.load(qh.add(lanes))]
+                });
+                for r in 0..per {
+                    let row = kb.as_ptr().add((r0 + r) * d);
+                    if v == 0 {
+                        prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), row_bytes);
+                    }
+                    let k = T::load_vecs::<S, 2, PERM>(s, row.add(v * lanes));
+                    for (h, qh) in qv.iter().enumerate() {
+                        let a = &mut acc[h * per + r];
+                        *a = s.fmadd(qh[0], k[0], *a);
+                        *a = s.fmadd(qh[1], k[1], *a);
+                    }
+                }
+            }
+            let sums = s.mul(s.transpose_sum16(&acc), vscale);
+            let mut lanes_out = [0.0f32; 16];
+            s.store(lanes_out.as_mut_ptr(), sums);
+            for h in 0..G {
+                scores[h * block + r0..h * block + r0 + per]
+                    .copy_from_slice(&lanes_out[h * per..(h + 1) * per]);
+            }
+            r0 += per;
+        }
+    }
+}
+
+/// [`dot_rows_group`] for a head of exactly `V` vectors, the key row held in `V` registers.
+///
+/// # Safety
+/// `d = V·LANES`; `kb` holds `rows·d`, `q` holds `g·d` and `scores` holds `g·block` elements,
+/// `rows ≤ block`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize, const PERM: bool>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    g: usize,
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let d = V * lanes;
+    debug_assert!(kb.len() >= rows * d && q.len() >= g * d && scores.len() >= g * block);
+    // SAFETY: every offset below stays inside the lengths the caller vouched for.
+    unsafe {
+        let row_bytes = d * std::mem::size_of::<T>();
+        for r in 0..rows {
+            let row = kb.as_ptr().add(r * d);
+            prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), row_bytes);
+            let k: [S::V; V] = T::load_vecs::<S, V, PERM>(s, row);
+            for h in 0..g {
+                let qh = q.as_ptr().add(h * d);
+                // Two chains per head; heads are independent, so their chains overlap.
+                let mut even = s.mul(s.load(qh), k[0]);
+                let mut odd = s.zero();
+                for (v, kv) in k.iter().enumerate().skip(1) {
+                    let qv = s.load(qh.add(v * lanes));
+                    if v % 2 == 0 {
+                        even = s.fmadd(qv, *kv, even);
+                    } else {
+                        odd = s.fmadd(qv, *kv, odd);
+                    }
+                }
+                *scores.get_unchecked_mut(h * block + r) = scale * s.reduce_add(s.add(even, odd));
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub(super) fn dot_rows_impl<S: Simd, T: Elem>(
+    s: S,
+    q: &[f32],
+    rows: &[T],
+    scale: f32,
+    scores: &mut [f32],
+) {
+    debug_assert!(rows.len() >= scores.len() * q.len());
+    // SAFETY: the `scores.len()` rows of `q.len()` elements, `q.len()` apart, lie in `rows`.
+    unsafe {
+        dot_strided_rows(
+            s,
+            q,
+            rows.as_ptr(),
+            q.len(),
+            scores.len(),
+            scale,
+            scores.as_mut_ptr(),
+        )
+    }
+}
+
+/// `out[i] = scale · (q · row_i)` for `n` rows of `q.len()` contiguous elements starting at
+/// `rows`, `stride` elements apart: four rows at a time, two accumulators each to cover the
+/// FMA latency. Shared by the attention primitives and the column-contiguous GEMV.
+///
+/// # Safety
+/// Rows `0..n` (each `q.len()` elements at `rows + i·stride`) are readable; `out` has `n`
+/// writable floats.
+#[inline(always)]
+pub(crate) unsafe fn dot_strided_rows<S: Simd, T: Elem>(
+    s: S,
+    q: &[f32],
+    rows: *const T,
+    stride: usize,
+    n: usize,
+    scale: f32,
+    out: *mut f32,
+) {
+    let (d, lanes) = (q.len(), S::LANES);
+    let full = d / lanes * lanes;
+    let tail = d - full;
+    let mut i = 0;
+    // SAFETY: row pointers index rows < n, offsets stay below d, `q` has d floats, `out` n.
+    unsafe {
+        while i < n {
+            let count = 4.min(n - i);
+            let r: [*const T; 4] =
+                std::array::from_fn(|u| rows.add((i + u.min(count - 1)) * stride));
+            let mut lo = [s.zero(); 4];
+            let mut hi = [s.zero(); 4];
+            let mut p = 0;
+            while p + 2 * lanes <= full {
+                let q0 = s.load(q.as_ptr().add(p));
+                let q1 = s.load(q.as_ptr().add(p + lanes));
+                for u in 0..4 {
+                    lo[u] = s.fmadd(q0, T::load(s, r[u].add(p)), lo[u]);
+                    hi[u] = s.fmadd(q1, T::load(s, r[u].add(p + lanes)), hi[u]);
+                }
+                p += 2 * lanes;
+            }
+            if p < full {
+                let q0 = s.load(q.as_ptr().add(p));
+                for u in 0..4 {
+                    lo[u] = s.fmadd(q0, T::load(s, r[u].add(p)), lo[u]);
+                }
+            }
+            if tail > 0 {
+                let q0 = s.load_partial(q.as_ptr().add(full), tail);
+                for u in 0..4 {
+                    hi[u] = s.fmadd(q0, T::load_partial(s, r[u].add(full), tail), hi[u]);
+                }
+            }
+            for u in 0..count {
+                *out.add(i + u) = scale * s.reduce_add(s.add(lo[u], hi[u]));
+            }
+            i += count;
+        }
+    }
+}
