@@ -1,6 +1,9 @@
 //! `C = α·A·B + β·C` in f32 over strided views: the public entry point, its checks, and the
-//! choice between the one-row streaming path ([`gemv`]) and the packed, blocked path
-//! ([`loops`]).
+//! choice of path:
+//! - one output row or column: [`gemv`] streams B once (decode's `x·W`, `q·Kᵀ`);
+//! - two to four rows against row-contiguous B and C: [`skinny`] streams B without packing;
+//! - everything else: the packed, blocked BLIS loops ([`loops`], [`microkernel`], [`pack`]),
+//!   block sizes in [`blocking`].
 //!
 //! BLAS semantics: when β = 0, C is never read (NaN or garbage in C cannot leak); when α = 0 or
 //! k = 0, A and B are never read and C becomes β·C; empty dimensions are legal and write
