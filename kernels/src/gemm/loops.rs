@@ -14,7 +14,7 @@
 
 use super::blocking::Blocking;
 use super::microkernel::{TileOut, microkernel};
-use super::pack::{Strided, pack_a_panel, pack_b_panel};
+use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
 use crate::arch::Simd;
 use crate::exec::{Exec, SharedMut};
@@ -98,12 +98,22 @@ pub(crate) unsafe fn gemm_blocked<S: Simd, const MR: usize, const NV: usize>(
             let kc = blk.kc.min(k - pc);
             let beta = if pc == 0 { beta } else { 1.0 };
 
-            exec.for_each_chunk_mut(&mut b_buf[..n_panels * kc * nr], kc * nr, |jp, dst| {
-                let cols = nr.min(nc - jp * nr);
-                let src = b.offset(pc, jc + jp * nr);
-                // SAFETY: the panel's rows pc..pc+kc and columns < cols lie inside `b`'s k × n.
-                s.vectorize(|| unsafe { pack_b_panel::<S, NV>(s, src, kc, cols, dst) });
-            });
+            // Each thread packs a contiguous range of panels, row by row, so that it reads its
+            // part of every row of B as one sequential run (a memory stream, not kc short
+            // reads a leading dimension apart per panel).
+            let per_thread = n_panels.div_ceil(exec.threads().max(1));
+            exec.for_each_chunk_mut(
+                &mut b_buf[..n_panels * kc * nr],
+                per_thread * kc * nr,
+                |chunk, dst| {
+                    let jp0 = chunk * per_thread;
+                    let cols = (nc - jp0 * nr).min(per_thread * nr);
+                    let src = b.offset(pc, jc + jp0 * nr);
+                    // SAFETY: rows pc..pc+kc and columns jc+jp0·NR .. + cols lie inside B's
+                    // k × n; `dst` holds the chunk's ceil(cols/NR) panels of kc·NR floats.
+                    s.vectorize(|| unsafe { pack_b_panels::<S, NV>(s, src, kc, cols, dst) });
+                },
+            );
             exec.for_each_chunk_mut(&mut a_buf[..m_panels * MR * kc], MR * kc, |ip, dst| {
                 let rows = MR.min(m - ip * MR);
                 let src = a.offset(ip * MR, pc);
