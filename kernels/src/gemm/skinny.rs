@@ -11,9 +11,10 @@ use super::pack::Strided;
 use crate::arch::{Simd, prefetch};
 use crate::exec::{Exec, SharedMut};
 
-/// Most rows this path takes. Measured on 4096×4096 B (one thread, same run): m = 4 takes
-/// 6.5 ms here against 8.3–8.8 ms packed; at m = 8 the two are even and at m = 16 packing wins
-/// (11 ms against 15 ms), because every four FMAs here also load and store a C vector.
+/// Most rows this path takes. Measured on 4096×4096 B (one thread, A/B in one session): m = 2
+/// takes 5.2 ms here against 7.4–7.7 ms packed, m = 4 6.7–6.9 ms against 7.6–8.5 ms; at m = 8
+/// the two are even and at m = 16 packing wins, because every four FMAs here also load and
+/// store a C vector.
 pub(crate) const MAX_ROWS: usize = 4;
 /// Columns per chunk: C's rows for a chunk (16 × 512 × 4 B = 32 KiB) stay in L1, and B is read
 /// in 2 KiB runs.
