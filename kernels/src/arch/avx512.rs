@@ -202,3 +202,36 @@ impl Simd for Avx512 {
         v!(_mm512_reduce_add_pd(_mm512_add_pd(acc[0], acc[1])))
     }
 }
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Lane i of `transpose_sum16` is the horizontal sum of input vector i; every vector has a
+    /// different offset (100·i), so any mix-up of vectors or lanes shows. Small integers keep
+    /// the sums exact.
+    #[test]
+    fn transpose_sum16_sums_each_vector_into_its_lane() {
+        let Some(s) = Avx512::try_new() else {
+            eprintln!("AVX-512 not available: skipped");
+            return;
+        };
+        let value =
+            |vector: usize, lane: usize| ((vector * 16 + lane) % 23) as f32 + vector as f32 * 100.0;
+        let got = s.vectorize(|| {
+            let v: [__m512; 16] = std::array::from_fn(|i| {
+                let lanes: [f32; 16] = std::array::from_fn(|l| value(i, l));
+                // SAFETY: `lanes` holds 16 floats.
+                unsafe { s.load(lanes.as_ptr()) }
+            });
+            let mut out = [0.0f32; 16];
+            // SAFETY: `out` holds 16 floats.
+            unsafe { s.store(out.as_mut_ptr(), s.transpose_sum16(&v)) };
+            out
+        });
+        for (i, g) in got.iter().enumerate() {
+            let want: f32 = (0..16).map(|l| value(i, l)).sum();
+            assert_eq!(*g, want, "lane {i}");
+        }
+    }
+}
