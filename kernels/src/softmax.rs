@@ -1,8 +1,9 @@
 //! Row-wise, numerically stable softmax, and its streaming (online) form.
 //!
 //! `softmax(scale·x)_i = exp(scale·(x_i − max)) / Σ_j exp(scale·(x_j − max))`, computed in three
-//! passes over the row (max; exp and sum; multiply by 1/sum). The sum is accumulated in f64, so
-//! rows of any length sum to 1 within a few f32 ulps. Defined results for every input:
+//! passes over the row (max; exp and sum; multiply by 1/sum). The sum is accumulated in f32 over
+//! blocks of 8 vectors and in f64 across blocks, so rows of any length sum to 1 within a few f32
+//! ulps. Defined results for every input:
 //!
 //! | row contains | result |
 //! |---|---|
