@@ -327,7 +327,11 @@ impl RecomputeBench {
     /// With the cache: project the new token (q, k, v), append, attend (all layers).
     pub fn cached_step(&mut self, exec: &Exec) -> Result<()> {
         let last = self.context;
-        self.project(exec, last..last + 1)?;
+        // Every layer projects its own new token (as `recompute_step` re-projects the context
+        // on every layer); the workload reuses one weight set, so the bytes and flops match.
+        for _ in 0..self.bench.cache.config().layers {
+            self.project(exec, last..last + 1)?;
+        }
         let kn = self.bench.heads.kv_heads * self.bench.heads.head_dim;
         self.bench.k.copy_from_slice(&self.keys[..kn]);
         self.bench.v.copy_from_slice(&self.values[..kn]);
