@@ -55,21 +55,22 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
 }
 
 /// FLOPs of one token `(cached, recompute)` at context `c`, as the decode crate's bench does
-/// them: cached projects q, k, v of the new token once and attends on every layer; recompute
+/// them: cached projects q, k, v of the new token and attends, on every layer; recompute
 /// projects q of the new token and k, v of all `c + 1` tokens, and attends, on every layer.
 pub fn token_flops(s: &AttnSpec, c: usize) -> (f64, f64) {
     let (qn, kn) = dims(s);
     let (dm, n, l) = (s.d_model as f64, (c + 1) as f64, s.layers as f64);
     let attend = 4.0 * s.heads as f64 * n * s.head_dim as f64;
-    let cached = 2.0 * dm * (qn + 2 * kn) as f64 + l * attend;
+    let cached = l * (2.0 * dm * (qn + 2 * kn) as f64 + attend);
     let recompute = l * (2.0 * dm * qn as f64 + 2.0 * n * dm * (2 * kn) as f64 + attend);
     (cached, recompute)
 }
 
-/// Bytes the cached step must read: the projection weights and the KV cache.
+/// Bytes the cached step must read: the projection weights (one set per layer) and the KV
+/// cache.
 pub fn cached_bytes(s: &AttnSpec, c: usize) -> u64 {
     let (qn, kn) = dims(s);
-    4 * mul3(s.d_model, qn + 2 * kn, 1) + s.kv_bytes(c + 1)
+    4 * mul3(s.d_model, qn + 2 * kn, s.layers) + s.kv_bytes(c + 1)
 }
 
 /// Runs the suite.
