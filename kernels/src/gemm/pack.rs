@@ -127,7 +127,8 @@ unsafe fn pack_a_rows_4x4<const MR: usize>(a: Strided, rows: usize, kc: usize, d
 }
 
 /// Packs rows `0..kc` and columns `0..cols` of `b` into consecutive kc×NR micro-panels
-/// (the last zero-padded), traversing B row by row when its rows are contiguous.
+/// (columns past `cols` zero-filled), traversing B row by row so that each row is read as one
+/// run: vector copies when its rows are contiguous, element by element otherwise.
 ///
 /// # Safety
 /// `b` must be readable at every `(p, j)` with `p < kc`, `j < cols`;
@@ -143,21 +144,28 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
     let nr = NV * S::LANES;
     let panels = cols.div_ceil(nr);
     debug_assert!(dst.len() >= panels * kc * nr);
-    if b.cs != 1 {
-        for (jp, panel) in dst.chunks_exact_mut(kc * nr).take(panels).enumerate() {
-            let w = nr.min(cols - jp * nr);
-            // SAFETY: the panel's columns jp·NR .. + w < cols are inside the vouched block.
-            unsafe { pack_b_panel::<S, NV>(s, b.offset(0, jp * nr), kc, w, panel) };
-        }
-        return;
-    }
     let out = dst.as_mut_ptr();
     for p in 0..kc {
         let src = b.ptr.wrapping_add(p * b.rs);
         for jp in 0..panels {
             let row_out = out.wrapping_add(jp * kc * nr + p * nr);
+            let j0 = jp * nr;
+            if b.cs != 1 {
+                for j in 0..nr {
+                    // SAFETY: `(p, j0 + j)` is inside the vouched block when `j0 + j < cols`;
+                    // the destination row of panel jp has NR writable floats.
+                    unsafe {
+                        *row_out.add(j) = if j0 + j < cols {
+                            *src.add((j0 + j) * b.cs)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+                continue;
+            }
             for v in 0..NV {
-                let j = jp * nr + v * S::LANES;
+                let j = j0 + v * S::LANES;
                 let n = cols.saturating_sub(j).min(S::LANES);
                 // SAFETY: lanes j..j+n < cols of row p are inside the vouched block; the
                 // destination row of panel jp has NR writable floats; partial loads zero the
@@ -172,58 +180,6 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
                     };
                     s.store(row_out.add(v * S::LANES), x);
                 }
-            }
-        }
-    }
-}
-
-/// Packs rows `0..kc` and columns `0..cols` (≤ NR = NV·LANES) of `b` into one kc×NR
-/// micro-panel, with vector copies when `b`'s rows are contiguous.
-///
-/// # Safety
-/// `b` must be readable at every `(p, j)` with `p < kc`, `j < cols`; `dst.len() >= kc*NR`.
-#[inline(always)]
-pub(crate) unsafe fn pack_b_panel<S: Simd, const NV: usize>(
-    s: S,
-    b: Strided,
-    kc: usize,
-    cols: usize,
-    dst: &mut [f32],
-) {
-    let nr = NV * S::LANES;
-    debug_assert!(cols <= nr && dst.len() >= kc * nr);
-    if b.cs == 1 {
-        for p in 0..kc {
-            let src = b.ptr.wrapping_add(p * b.rs);
-            let out = dst[p * nr..(p + 1) * nr].as_mut_ptr();
-            for v in 0..NV {
-                let j = v * S::LANES;
-                let n = cols.saturating_sub(j).min(S::LANES);
-                // SAFETY: lanes `j..j+n` of row `p` are inside the vouched block; `out` has `nr`
-                // writable floats; partial loads zero the lanes past `cols`.
-                unsafe {
-                    let x = if n == S::LANES {
-                        s.load(src.add(j))
-                    } else if n > 0 {
-                        s.load_partial(src.add(j), n)
-                    } else {
-                        s.zero()
-                    };
-                    s.store(out.add(j), x);
-                }
-            }
-        }
-    } else {
-        for p in 0..kc {
-            let out = &mut dst[p * nr..(p + 1) * nr];
-            let src = b.ptr.wrapping_add(p * b.rs);
-            for (j, o) in out.iter_mut().enumerate() {
-                *o = if j < cols {
-                    // SAFETY: `(p, j)` with `j < cols` is inside the vouched block.
-                    unsafe { *src.add(j * b.cs) }
-                } else {
-                    0.0
-                };
             }
         }
     }
