@@ -553,6 +553,40 @@ fn skinny_m() {
     }
 }
 
+/// Short products on the just-in-time B path (m ≤ 240, row-contiguous B): n across 128-column
+/// slabs, thread chunks that end mid-slab and several C blocks (m = 200 keeps 640 columns per
+/// block), k across kc blocks, tiles of 8 and 12 rows with partial last tiles.
+#[test]
+fn streamed_b_edges() {
+    let cases = exec_cases();
+    let mut rng = rng(11);
+    let mut ws = GemmWorkspace::new();
+    let shapes = [
+        (5, 1000, 520),
+        (16, 129, 257),
+        (33, 300, 64),
+        (128, 200, 300),
+        (200, 1400, 40),
+        (240, 700, 17),
+    ];
+    for (s, &shape) in shapes.iter().enumerate() {
+        let lc = if s % 2 == 0 {
+            Layout::RowMajor
+        } else {
+            Layout::ColPadded(3)
+        };
+        let (alpha, beta) = if s % 3 == 0 { (1.0, 0.0) } else { (2.5, 1.0) };
+        let p = Problem::new(
+            &mut rng,
+            shape,
+            (Layout::RowPadded(5), Layout::RowPadded(3), lc),
+            alpha,
+            beta,
+        );
+        check(&cases, &p, &mut ws);
+    }
+}
+
 /// Every combination of A, B and C layouts (row-major, column-major, padded, general).
 #[test]
 fn all_layouts() {

@@ -66,9 +66,10 @@ pub(crate) fn candidates(isa: Isa) -> &'static [Blocking] {
     }
 }
 
-/// Columns per packed B block for an `m`-row product: skinny products (a few MR panels) use
-/// each packed panel only a few times, so their block is kept L2-sized (kc × 512 × 4 B =
-/// 512 KiB) so that the packed copy never travels beyond L2.
+/// Columns per packed B block for an `m`-row product in the blocked nest: skinny products (a
+/// few MR panels) use each packed panel only a few times, so their block is kept L2-sized
+/// (kc × 512 × 4 B = 512 KiB) so that the packed copy never travels beyond L2. (Row-contiguous
+/// B of short products takes the streamed nest, which packs slab by slab instead.)
 pub(crate) fn nc_for(blk: &Blocking, m: usize) -> usize {
     if m.div_ceil(blk.mr) <= 4 {
         blk.nc.min(512)

@@ -27,6 +27,73 @@ pub(crate) struct Out {
     pub csc: usize,
 }
 
+impl Out {
+    /// The `rows × cols` block of C at `(i, j)`, as the tile description of its top tile.
+    pub(crate) fn at(
+        self,
+        i: usize,
+        j: usize,
+        (rows, cols): (usize, usize),
+        alpha: f32,
+        beta: f32,
+    ) -> TileOut {
+        TileOut {
+            c: self.c.at(i * self.rsc + j * self.csc),
+            rsc: self.rsc,
+            csc: self.csc,
+            rows,
+            cols,
+            alpha,
+            beta,
+        }
+    }
+}
+
+/// Packs all `m` rows of the `m × kc` block `a` into MR×kc micro-panels, threads splitting them.
+///
+/// # Safety
+/// `a` must be readable on `m × kc`; `a_buf` holds at least `ceil(m/MR)·MR·kc` floats.
+pub(crate) unsafe fn pack_a_block<const MR: usize>(
+    exec: &Exec,
+    a: Strided,
+    m: usize,
+    kc: usize,
+    a_buf: &mut [f32],
+) {
+    let m_panels = m.div_ceil(MR);
+    exec.for_each_chunk_mut(&mut a_buf[..m_panels * MR * kc], MR * kc, |ip, dst| {
+        let rows = MR.min(m - ip * MR);
+        // SAFETY: rows ip·MR.. (< m) lie inside the caller's m × kc block.
+        unsafe { pack_a_panel::<MR>(a.offset(ip * MR, 0), rows, kc, dst) };
+    });
+}
+
+/// Runs the micro-kernel down one column of tiles: `block.rows` rows (MR at a time, from the
+/// packed A starting at `a_packed`) against one packed kc×NR panel of B.
+///
+/// # Safety
+/// `a_packed` holds `ceil(block.rows/MR)·MR·kc` floats and `b_panel` `kc·NR`; the block lies
+/// inside C and no other thread touches it.
+#[inline(always)]
+pub(crate) unsafe fn column_of_tiles<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    kc: usize,
+    a_packed: *const f32,
+    b_panel: *const f32,
+    block: TileOut,
+) {
+    for ir in (0..block.rows).step_by(MR) {
+        let tile = TileOut {
+            c: block.c.wrapping_add(ir * block.rsc),
+            rows: MR.min(block.rows - ir),
+            ..block
+        };
+        // SAFETY: the caller vouches for the panels and the block; this tile is rows
+        // ir..ir+MR of it.
+        unsafe { microkernel::<S, MR, NV>(s, kc, a_packed.add(ir * kc), b_panel, tile) };
+    }
+}
+
 /// How the m rows and the NR panels of an nc block are cut into tasks for `threads` threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TaskGrid {
@@ -111,15 +178,11 @@ pub(crate) unsafe fn gemm_blocked<S: Simd, const MR: usize, const NV: usize>(
                     let src = b.offset(pc, jc + jp0 * nr);
                     // SAFETY: rows pc..pc+kc and columns jc+jp0·NR .. + cols lie inside B's
                     // k × n; `dst` holds the chunk's ceil(cols/NR) panels of kc·NR floats.
-                    s.vectorize(|| unsafe { pack_b_panels::<S, NV>(s, src, kc, cols, dst) });
+                    s.vectorize(|| unsafe { pack_b_panels::<S, NV>(s, src, kc, cols, None, dst) });
                 },
             );
-            exec.for_each_chunk_mut(&mut a_buf[..m_panels * MR * kc], MR * kc, |ip, dst| {
-                let rows = MR.min(m - ip * MR);
-                let src = a.offset(ip * MR, pc);
-                // SAFETY: rows ip·MR.. (< m) and columns pc..pc+kc lie inside `a`'s m × k.
-                unsafe { pack_a_panel::<MR>(src, rows, kc, dst) };
-            });
+            // SAFETY: columns pc..pc+kc lie inside `a`'s m × k.
+            unsafe { pack_a_block::<MR>(exec, a.offset(0, pc), m, kc, a_buf) };
 
             let (a_packed, b_packed) = (&a_buf[..], &b_buf[..]);
             exec.for_each_index(grid.ic_blocks * grid.jr_chunks, |task| {
@@ -132,31 +195,19 @@ pub(crate) unsafe fn gemm_blocked<S: Simd, const MR: usize, const NV: usize>(
                     #[inline(always)]
                     || {
                         for jp in jp_range {
-                            let b_panel = b_packed[jp * kc * nr..].as_ptr();
                             let cols = nr.min(nc - jp * nr);
-                            for ir in (0..rows).step_by(MR) {
-                                let ip = (ic + ir) / MR;
-                                let tile = TileOut {
-                                    c: out.c.at((ic + ir) * out.rsc + (jc + jp * nr) * out.csc),
-                                    rsc: out.rsc,
-                                    csc: out.csc,
-                                    rows: MR.min(rows - ir),
-                                    cols,
-                                    alpha,
-                                    beta,
-                                };
-                                // SAFETY: the packed panels hold MR·kc and kc·NR floats; the
-                                // tile lies inside C, and tasks own disjoint (ic, jr) ranges.
-                                unsafe {
-                                    microkernel::<S, MR, NV>(
-                                        s,
-                                        kc,
-                                        a_packed[ip * MR * kc..].as_ptr(),
-                                        b_panel,
-                                        tile,
-                                    )
-                                };
-                            }
+                            let panel_out = out.at(ic, jc + jp * nr, (rows, cols), alpha, beta);
+                            // SAFETY: the packed panels hold rows·kc and kc·NR floats; the
+                            // block lies inside C, and tasks own disjoint (ic, jr) ranges.
+                            unsafe {
+                                column_of_tiles::<S, MR, NV>(
+                                    s,
+                                    kc,
+                                    a_packed[ic * kc..].as_ptr(),
+                                    b_packed[jp * kc * nr..].as_ptr(),
+                                    panel_out,
+                                )
+                            };
                         }
                     },
                 );

@@ -2,6 +2,8 @@
 //! choice of path:
 //! - one output row or column: [`gemv`] streams B once (decode's `x·W`, `q·Kᵀ`);
 //! - two to four rows against row-contiguous B and C: [`skinny`] streams B without packing;
+//! - up to one L2 block of rows (`mc`) against row-contiguous B: the blocked nest with B packed
+//!   just in time, slab by slab, so its memory stream overlaps the micro-kernel ([`streamed`]);
 //! - everything else: the packed, blocked BLIS loops ([`loops`], [`microkernel`], [`pack`]),
 //!   block sizes in [`blocking`].
 //!
@@ -15,6 +17,7 @@ mod loops;
 mod microkernel;
 mod pack;
 mod skinny;
+mod streamed;
 mod workspace;
 
 pub use workspace::GemmWorkspace;
@@ -98,18 +101,12 @@ pub fn gemm(
             // SAFETY: the views were validated on construction (A m×k and B k×n readable, C
             // m×n writable with distinct elements), and `c` is borrowed mutably for the call.
             unsafe {
-                loops::gemm_blocked::<_, $mr, $nv>(
-                    $s,
-                    exec,
-                    &blk,
-                    (m, n, k),
-                    alpha,
-                    sa,
-                    sb,
-                    beta,
-                    out,
-                    ws,
-                )
+                let nest = if streamed::applies(&blk, m, &sb) {
+                    streamed::gemm_streamed::<_, $mr, $nv>
+                } else {
+                    loops::gemm_blocked::<_, $mr, $nv>
+                };
+                nest($s, exec, &blk, (m, n, k), alpha, sa, sb, beta, out, ws)
             }
         };
     }

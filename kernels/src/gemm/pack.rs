@@ -9,7 +9,7 @@
 //! Rows (of A) or columns (of B) past the matrix edge are zero-filled, so the micro-kernel
 //! always runs a full MR×NR tile and never branches on the edge in its k loop.
 
-use crate::arch::Simd;
+use crate::arch::{Simd, prefetch_l2};
 
 /// A strided read-only source: element `(i, j)` at `ptr + i*rs + j*cs`.
 #[derive(Clone, Copy)]
@@ -130,6 +130,11 @@ unsafe fn pack_a_rows_4x4<const MR: usize>(a: Strided, rows: usize, kc: usize, d
 /// (columns past `cols` zero-filled), traversing B row by row so that each row is read as one
 /// run: vector copies when its rows are contiguous, element by element otherwise.
 ///
+/// With `prefetch = Some((next, width))`, packing row `p` also asks for row `p` of `next`
+/// (`width` floats, contiguous) to be brought into L2: the next slab of a just-in-time packing
+/// loop, whose rows sit in as many different pages as it has rows, where the hardware
+/// prefetchers cannot follow. Prefetches never fault, so `next` need not be readable.
+///
 /// # Safety
 /// `b` must be readable at every `(p, j)` with `p < kc`, `j < cols`;
 /// `dst.len() >= ceil(cols/NR)·kc·NR`.
@@ -139,6 +144,7 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
     b: Strided,
     kc: usize,
     cols: usize,
+    prefetch: Option<(Strided, usize)>,
     dst: &mut [f32],
 ) {
     let nr = NV * S::LANES;
@@ -147,6 +153,12 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
     let out = dst.as_mut_ptr();
     for p in 0..kc {
         let src = b.ptr.wrapping_add(p * b.rs);
+        if let Some((next, width)) = prefetch {
+            let row = next.ptr.wrapping_add(p * next.rs);
+            for line in (0..width).step_by(16) {
+                prefetch_l2(row.wrapping_add(line));
+            }
+        }
         for jp in 0..panels {
             let row_out = out.wrapping_add(jp * kc * nr + p * nr);
             let j0 = jp * nr;
