@@ -6,7 +6,7 @@ mod common;
 use common::{exec_cases, exec_for, rng};
 use kernels::reference::softmax_f64;
 use kernels::{
-    Exec, Isa, KernelError, Mask, OnlineSoftmax, SoftmaxOptions, exp, softmax_rows,
+    Exec, Isa, KernelError, Mask, OnlineSoftmax, SoftmaxOptions, exp, exp2, softmax_rows,
     softmax_rows_into,
 };
 use rand::Rng;
@@ -388,18 +388,21 @@ fn threads_agree_bitwise() {
 // ---------------------------------------------------------------------------------------------
 // exp
 
-/// `exp` of each value, embedded at several positions of a 37-long input (full vectors and the
+/// A vectorised exponential under test.
+type ExpFn = fn(&Exec, &[f32], &mut [f32]) -> kernels::Result<()>;
+
+/// `f` of each value, embedded at several positions of a 37-long input (full vectors and the
 /// partial tail of every ISA).
-fn exp_at_positions(exec: &Exec, x: f32) -> Vec<f32> {
+fn at_positions(exec: &Exec, f: ExpFn, x: f32) -> Vec<f32> {
     let mut results = Vec::new();
     for pos in [0, 20, 36] {
         let mut input = vec![0.0f32; 37];
         input[pos] = x;
         let mut out = vec![f32::NAN; 37];
-        exp(exec, &input, &mut out).unwrap();
+        f(exec, &input, &mut out).unwrap();
         for (j, &v) in out.iter().enumerate() {
             if j != pos {
-                assert_eq!(v, 1.0, "exp(0) at {j}");
+                assert_eq!(v, 1.0, "f(0) at {j}");
             }
         }
         results.push(out[pos]);
@@ -407,39 +410,74 @@ fn exp_at_positions(exec: &Exec, x: f32) -> Vec<f32> {
     results
 }
 
+/// Asserts `check` on `name(x)` on every ISA path.
+fn expect(f: ExpFn, name: &str, x: f32, check: &dyn Fn(f32) -> bool, what: &str) {
+    for exec in isa_execs() {
+        for v in at_positions(&exec, f, x) {
+            assert!(
+                check(v),
+                "[{}] {name}({x:e}) = {v:e}, expected {what}",
+                exec.isa()
+            );
+        }
+    }
+}
+
 #[test]
 fn exp_special_values() {
+    let all = |x, f: &dyn Fn(f32) -> bool, what| expect(exp, "exp", x, f, what);
+    all(NEG_INF, &|v| v.to_bits() == 0, "+0 exactly");
+    all(INF, &|v| v == INF, "+inf");
+    all(f32::NAN, &|v| v.is_nan(), "NaN");
+    all(0.0, &|v| v == 1.0, "1");
+    all(-0.0, &|v| v == 1.0, "1");
+    all(88.72, &|v| v.is_finite() && v > 3.0e38, "finite, ~3.4e38");
+    all(88.73, &|v| v == INF, "+inf (overflow)");
+    all(1000.0, &|v| v == INF, "+inf (overflow)");
+    all(-103.98, &|v| v.to_bits() == 0, "+0 (underflow)");
+    all(-1000.0, &|v| v.to_bits() == 0, "+0 (underflow)");
+    all(
+        -103.0,
+        &|v| v > 0.0 && v < f32::MIN_POSITIVE,
+        "a positive subnormal",
+    );
+    all(-88.0, &|v| v > 0.0, "positive");
+    all(1.0, &|v| v == std::f32::consts::E, "e");
     for exec in isa_execs() {
-        let isa = exec.isa();
-        let all = |x: f32, f: &dyn Fn(f32) -> bool, what: &str| {
-            for v in exp_at_positions(&exec, x) {
-                assert!(f(v), "[{isa}] exp({x:e}) = {v:e}, expected {what}");
-            }
-        };
-        all(NEG_INF, &|v| v.to_bits() == 0, "+0 exactly");
-        all(INF, &|v| v == INF, "+inf");
-        all(f32::NAN, &|v| v.is_nan(), "NaN");
-        all(0.0, &|v| v == 1.0, "1");
-        all(-0.0, &|v| v == 1.0, "1");
-        all(88.72, &|v| v.is_finite() && v > 3.0e38, "finite, ~3.4e38");
-        all(88.73, &|v| v == INF, "+inf (overflow)");
-        all(1000.0, &|v| v == INF, "+inf (overflow)");
-        all(-103.98, &|v| v.to_bits() == 0, "+0 (underflow)");
-        all(-1000.0, &|v| v.to_bits() == 0, "+0 (underflow)");
-        all(
-            -103.0,
-            &|v| v > 0.0 && v < f32::MIN_POSITIVE,
-            "a positive subnormal",
-        );
-        all(-88.0, &|v| v > 0.0, "positive");
-        all(1.0, &|v| v == std::f32::consts::E, "e");
-        // Length checks.
         let mut out = [0.0f32; 3];
         assert!(matches!(
             exp(&exec, &[1.0, 2.0], &mut out),
             Err(KernelError::ShapeMismatch { .. })
         ));
         exp(&exec, &[], &mut []).unwrap();
+    }
+}
+
+/// exp2 is exact at every integer whose power of two is representable, subnormals included,
+/// and rounds to +0 / overflows exactly where 2^t does.
+#[test]
+fn exp2_special_values() {
+    let all = |x, f: &dyn Fn(f32) -> bool, what| expect(exp2, "exp2", x, f, what);
+    all(NEG_INF, &|v| v.to_bits() == 0, "+0 exactly");
+    all(INF, &|v| v == INF, "+inf");
+    all(f32::NAN, &|v| v.is_nan(), "NaN");
+    all(-0.0, &|v| v == 1.0, "1");
+    for k in -149..=127 {
+        let want = (k as f64).exp2() as f32;
+        all(k as f32, &|v| v == want, "2^k exactly");
+    }
+    all(-150.0, &|v| v.to_bits() == 0, "+0 (2^-150 rounds to even)");
+    all(-149.5, &|v| v.to_bits() == 1, "the smallest subnormal");
+    all(-1e30, &|v| v.to_bits() == 0, "+0");
+    all(128.0, &|v| v == INF, "+inf (overflow)");
+    all(127.99, &|v| v.is_finite() && v > 3.3e38, "finite, ~3.4e38");
+    all(1e30, &|v| v == INF, "+inf");
+    for exec in isa_execs() {
+        let mut out = [0.0f32; 1];
+        assert!(matches!(
+            exp2(&exec, &[1.0, 2.0], &mut out),
+            Err(KernelError::ShapeMismatch { .. })
+        ));
     }
 }
 
@@ -450,42 +488,41 @@ fn ulps(a: f32, b: f32) -> u64 {
     (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs()
 }
 
-/// Every 4099th f32 bit pattern (finite inputs only) against f64 exp rounded to f32; at most
-/// 2 ulp on every path. The exhaustive measurement is `examples/exp_ulp.rs` in kernels.
+/// Every 4099th f32 bit pattern (finite inputs only) against f64 exp (exp2) rounded to f32; at
+/// most 2 ulp on every path. The exhaustive measurement is `examples/exp_ulp.rs` in kernels.
 #[test]
-fn exp_sampled_ulp_error() {
+fn exp_and_exp2_sampled_ulp_error() {
     let inputs: Vec<f32> = (0..=u32::MAX)
         .step_by(4099)
         .map(f32::from_bits)
         .filter(|x| x.is_finite())
         .collect();
-    let want: Vec<f32> = inputs.iter().map(|&x| (x as f64).exp() as f32).collect();
-    for exec in isa_execs() {
-        let mut got = vec![0.0f32; inputs.len()];
-        exp(&exec, &inputs, &mut got).unwrap();
-        let (mut max, mut arg) = (0u64, 0.0f32);
-        for ((&x, &g), &w) in inputs.iter().zip(&got).zip(&want) {
-            assert!(!g.is_nan(), "[{}] exp({x:e}) = NaN", exec.isa());
-            let u = ulps(g, w);
-            if u > max {
-                (max, arg) = (u, x);
+    type Reference = fn(f64) -> f64;
+    let funcs: [(&str, ExpFn, Reference); 2] = [("exp", exp, f64::exp), ("exp2", exp2, f64::exp2)];
+    for (name, f, reference) in funcs {
+        let want: Vec<f32> = inputs.iter().map(|&x| reference(x as f64) as f32).collect();
+        for exec in isa_execs() {
+            let mut got = vec![0.0f32; inputs.len()];
+            f(&exec, &inputs, &mut got).unwrap();
+            let (mut max, mut arg) = (0u64, 0.0f32);
+            for ((&x, &g), &w) in inputs.iter().zip(&got).zip(&want) {
+                assert!(!g.is_nan(), "[{}] {name}({x:e}) = NaN", exec.isa());
+                let u = ulps(g, w);
+                if u > max {
+                    (max, arg) = (u, x);
+                }
             }
+            println!(
+                "[{}] {name}: max {max} ulp over {} sampled inputs (at x = {arg:e})",
+                exec.isa(),
+                inputs.len(),
+            );
+            assert!(
+                max <= 2,
+                "[{}] {name} error {max} ulp at x = {arg:e}",
+                exec.isa()
+            );
         }
-        println!(
-            "[{}] exp: max {max} ulp over {} sampled inputs (at x = {arg:e}: got {:e}, f64 {:e})",
-            exec.isa(),
-            inputs.len(),
-            got[inputs
-                .iter()
-                .position(|&x| x.to_bits() == arg.to_bits())
-                .unwrap()],
-            (arg as f64).exp()
-        );
-        assert!(
-            max <= 2,
-            "[{}] exp error {max} ulp at x = {arg:e}",
-            exec.isa()
-        );
     }
 }
 

@@ -26,25 +26,55 @@ pub fn exp(exec: &Exec, input: &[f32], output: &mut [f32]) -> Result<()> {
     )?;
     with_simd!(exec.isa(), |s| s.vectorize(
         #[inline(always)]
-        || map_exp(s, input, output)
+        || map_lanes(
+            s,
+            input,
+            output,
+            #[inline(always)]
+            |x| s.exp(x)
+        )
     ));
     Ok(())
 }
 
+/// `output[i] = 2^input[i]` on the exec's ISA path (sequential): the cheaper exponential the
+/// softmax uses, within 2 ulp (see [`exp`]'s module docs); exact at integers in the normal and
+/// subnormal range, 2^(−∞) = +0, 2^(+∞) = +∞, NaN stays NaN.
+pub fn exp2(exec: &Exec, input: &[f32], output: &mut [f32]) -> Result<()> {
+    check_dim(
+        "exp2 output length vs input length",
+        input.len(),
+        output.len(),
+    )?;
+    with_simd!(exec.isa(), |s| s.vectorize(
+        #[inline(always)]
+        || map_lanes(
+            s,
+            input,
+            output,
+            #[inline(always)]
+            |x| s.exp2(x)
+        )
+    ));
+    Ok(())
+}
+
+/// Applies `f` to every vector of `input` (the closures passed in must be `#[inline(always)]`:
+/// a closure is compiled without the ISA's target features unless inlined into the caller).
 #[inline(always)]
-fn map_exp<S: Simd>(s: S, input: &[f32], output: &mut [f32]) {
+fn map_lanes<S: Simd>(s: S, input: &[f32], output: &mut [f32], f: impl Fn(S::V) -> S::V) {
     let lanes = S::LANES;
     let mut src = input.chunks_exact(lanes);
     let mut dst = output.chunks_exact_mut(lanes);
     for (i, o) in (&mut src).zip(&mut dst) {
         // SAFETY: both chunks hold exactly `lanes` floats.
-        unsafe { s.store(o.as_mut_ptr(), s.exp(s.load(i.as_ptr()))) };
+        unsafe { s.store(o.as_mut_ptr(), f(s.load(i.as_ptr()))) };
     }
     let (i, o) = (src.remainder(), dst.into_remainder());
     if !i.is_empty() {
         // SAFETY: both remainders hold `i.len() < lanes` floats.
         unsafe {
-            let v = s.exp(s.load_partial(i.as_ptr(), i.len()));
+            let v = f(s.load_partial(i.as_ptr(), i.len()));
             s.store_partial(o.as_mut_ptr(), i.len(), v);
         }
     }

@@ -44,7 +44,7 @@ mod view;
 pub use arch::Isa;
 pub use error::{KernelError, Result};
 pub use exec::{Exec, Parallelism};
-pub use exp::exp;
+pub use exp::{exp, exp2};
 pub use gemm::{GemmWorkspace, gemm};
 pub use kv::{
     Bf16, KvDtype, KvRows, MAX_ATTEND_BLOCK_ROWS, accumulate_rows, attend_block_rows,

@@ -11,7 +11,7 @@ use kernels::{SoftmaxOptions, softmax_rows};
 pub const BASELINE: &str = "naive(1t)";
 
 /// Bytes of data per call the row count aims at.
-pub const TARGET_BYTES: usize = 2 << 20;
+pub const TARGET_BYTES: usize = 1 << 20;
 
 /// Rows per call for a row length.
 pub fn rows_for(row_len: usize) -> usize {

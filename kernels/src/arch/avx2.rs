@@ -3,7 +3,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::simd::{Simd, exp_consts as E};
+use super::simd::{Simd, exp_consts as E, exp2_consts as X};
 
 /// Token proving AVX2 and FMA are available.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +40,26 @@ fn tail_mask(n: usize) -> __m256i {
         _mm256_set1_epi32(n as i32),
         _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)
     ))
+}
+
+/// `p · 2^n` for integral `n ∈ [−151, 129]`, with 2^n split into two normal factors so that only
+/// the last multiply rounds, also into the subnormal range.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn scale_by_pow2(p: __m256, n: __m256) -> __m256 {
+    v!({
+        let n1 = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(n, _mm256_set1_ps(0.5)),
+        );
+        let n2 = _mm256_sub_ps(n, n1);
+        let pow2 = |k: __m256| {
+            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_cvtps_epi32(k),
+                _mm256_set1_epi32(127),
+            )))
+        };
+        _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2))
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -158,19 +178,25 @@ impl Simd for Avx2 {
             }
             let p = _mm256_fmadd_ps(_mm256_mul_ps(r, r), q, r);
             let p = _mm256_add_ps(p, _mm256_set1_ps(1.0));
-            // 2^n in two normal factors (n ∈ [−150, 129]) so that only the last multiply
-            // rounds, also into the subnormal range.
-            let n1 = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(n, _mm256_set1_ps(0.5)),
+            scale_by_pow2(p, n)
+        })
+    }
+
+    #[inline(always)]
+    fn exp2(self, t: __m256) -> __m256 {
+        v!({
+            // max(LO, t) returns t when t is NaN, so NaN survives the clamp.
+            let t = _mm256_min_ps(
+                _mm256_set1_ps(X::HI),
+                _mm256_max_ps(_mm256_set1_ps(X::LO), t),
             );
-            let n2 = _mm256_sub_ps(n, n1);
-            let pow2 = |k: __m256| {
-                _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                    _mm256_cvtps_epi32(k),
-                    _mm256_set1_epi32(127),
-                )))
-            };
-            _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2))
+            let n = _mm256_floor_ps(t);
+            let f = _mm256_sub_ps(t, n);
+            let mut p = _mm256_set1_ps(X::P[6]);
+            for c in X::P[..6].iter().rev() {
+                p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(*c));
+            }
+            scale_by_pow2(p, n)
         })
     }
 

@@ -3,7 +3,7 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::simd::{Simd, exp_consts as E};
+use super::simd::{Simd, exp_consts as E, exp2_consts as X};
 
 /// Token proving AVX-512F (and the AVX2/FMA it implies) is available.
 #[derive(Clone, Copy, Debug)]
@@ -179,6 +179,27 @@ impl Simd for Avx512 {
             let p = _mm512_fmadd_ps(_mm512_mul_ps(r, r), q, r);
             let p = _mm512_add_ps(p, _mm512_set1_ps(1.0));
             // p · 2^n with one rounding, including into the subnormal range and to ±0/+∞.
+            _mm512_scalef_ps(p, n)
+        })
+    }
+
+    #[inline(always)]
+    fn exp2(self, t: __m512) -> __m512 {
+        v!({
+            // Clamped so that ±∞ never meet ∞ − ∞ below; max(LO, t) returns t when t is NaN,
+            // so NaN survives. f = t − ⌊t⌋ (vreduceps computes it in one instruction but
+            // measured 15% slower here).
+            let t = _mm512_min_ps(
+                _mm512_set1_ps(X::HI),
+                _mm512_max_ps(_mm512_set1_ps(X::LO), t),
+            );
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
+            let f = _mm512_sub_ps(t, n);
+            let mut p = _mm512_set1_ps(X::P[6]);
+            for c in X::P[..6].iter().rev() {
+                p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(*c));
+            }
+            // p · 2^n with one rounding.
             _mm512_scalef_ps(p, n)
         })
     }

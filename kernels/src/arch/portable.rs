@@ -3,7 +3,7 @@
 //! It needs no detection and is always correct; the AVX paths are what a default build runs
 //! on a machine that has them.
 
-use super::simd::{Simd, exp_consts as E};
+use super::simd::{Simd, exp_consts as E, exp2_consts as X};
 use wide::{f32x8, f64x4, i32x8};
 
 /// Token for the always-available portable path.
@@ -14,6 +14,14 @@ pub(crate) struct Portable;
 fn pow2(k: f32x8) -> f32x8 {
     let bits: i32x8 = (k.round_int() + i32x8::splat(127)) << 23;
     f32x8::from(bytemuck_cast(bits))
+}
+
+/// `p · 2^n` for integral `n ∈ [−151, 129]`, 2^n as two normal factors so that only the last
+/// multiply rounds (also into the subnormal range).
+#[inline(always)]
+fn scale_by_pow2(p: f32x8, n: f32x8) -> f32x8 {
+    let n1 = (n * f32x8::splat(0.5)).round();
+    p * pow2(n1) * pow2(n - n1)
 }
 
 /// Reinterprets the lanes of an `i32x8` as f32 bit patterns.
@@ -114,10 +122,20 @@ impl Simd for Portable {
             q = q.mul_add(r, f32x8::splat(*c));
         }
         let p = (r * r).mul_add(q, r) + f32x8::splat(1.0);
-        let n1 = (n * f32x8::splat(0.5)).round();
-        let n2 = n - n1;
-        let y = p * pow2(n1) * pow2(n2);
-        not_nan.bitselect(y, x)
+        not_nan.bitselect(scale_by_pow2(p, n), x)
+    }
+
+    #[inline(always)]
+    fn exp2(self, t: f32x8) -> f32x8 {
+        let not_nan = t.simd_eq(t);
+        let tc = t.max(f32x8::splat(X::LO)).min(f32x8::splat(X::HI));
+        let n = tc.floor();
+        let f = tc - n;
+        let mut p = f32x8::splat(X::P[6]);
+        for c in X::P[..6].iter().rev() {
+            p = p.mul_add(f, f32x8::splat(*c));
+        }
+        not_nan.bitselect(scale_by_pow2(p, n), t)
     }
 
     #[inline(always)]
