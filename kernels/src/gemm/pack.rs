@@ -176,6 +176,18 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
                 }
                 continue;
             }
+            if j0 + nr <= cols {
+                // A full panel row: plain vector copies, no per-vector edge arithmetic.
+                for v in 0..NV {
+                    // SAFETY: columns j0 .. j0+NR ≤ cols of row p are inside the vouched
+                    // block; the destination row of panel jp has NR writable floats.
+                    unsafe {
+                        let x = s.load(src.add(j0 + v * S::LANES));
+                        s.store(row_out.add(v * S::LANES), x);
+                    }
+                }
+                continue;
+            }
             for v in 0..NV {
                 let j = j0 + v * S::LANES;
                 let n = cols.saturating_sub(j).min(S::LANES);
