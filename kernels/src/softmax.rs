@@ -1,7 +1,9 @@
 //! Row-wise, numerically stable softmax, and its streaming (online) form.
 //!
 //! `softmax(scale·x)_i = exp(scale·(x_i − max)) / Σ_j exp(scale·(x_j − max))`, computed in three
-//! passes over the row (max; exp and sum; multiply by 1/sum). The sum is accumulated in f32 over
+//! passes over the row (max; exp and sum; multiply by 1/sum), the third done in the same loop as
+//! the next row's first (so a row's max pass, its first touch of the data, overlaps the previous
+//! row's scaling instead of waiting on memory alone). The sum is accumulated in f32 over
 //! blocks of 8 vectors and in f64 across blocks, so rows of any length sum to 1 within a few f32
 //! ulps. Defined results for every input:
 //!
@@ -136,13 +138,18 @@ impl RowPtrs {
 }
 
 fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: SoftmaxOptions) {
-    // Rows are independent; give each task enough elements to amortise scheduling.
-    let rows_per_task = (16384 / row_len.max(1)).clamp(1, rows.max(1));
+    // Rows are independent; give each task enough elements to amortise scheduling, and at
+    // least two rows so that the pipeline below has a next row to overlap with.
+    let rows_per_task = (16384 / row_len.max(1)).max(2).clamp(1, rows.max(1));
     let tasks = rows.div_ceil(rows_per_task);
     exec.for_each_index(tasks, |t| {
         with_simd!(exec.isa(), |s| s.vectorize(
             #[inline(always)]
             || {
+                // Rows are pipelined: row i's max pass also applies row i−1's 1/sum, so the
+                // max pass's loads (the first touch of row i, from L2 or beyond) overlap work
+                // instead of running alone, and row i−1's scaling needs no pass of its own.
+                let mut pending = Pending::NONE;
                 for i in t * rows_per_task..((t + 1) * rows_per_task).min(rows) {
                     let valid = match opts.mask {
                         Mask::None => row_len,
@@ -152,15 +159,49 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                     };
                     let row = ptr.row(i, row_len);
                     // SAFETY: row `i < rows` spans `row_len` floats of both buffers, which the
-                    // public functions checked; rows are owned by one task each.
+                    // public functions checked; rows are owned by one task each, and the
+                    // pending row is an earlier row of this task (disjoint from row i).
                     unsafe {
-                        softmax_row(s, row.src, row.dst, valid, opts.scale);
+                        let max = max_of_while_scaling(s, row.src, valid, pending);
+                        pending = Pending::NONE;
                         std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
+                        if valid == 0 {
+                            continue;
+                        }
+                        if !max.is_finite() {
+                            softmax_row_special(row.src, row.dst, valid);
+                            continue;
+                        }
+                        // A NaN anywhere turns the sum, and so every output, into NaN.
+                        let sum = exp_shifted_sum(s, row.src, row.dst, valid, opts.scale, max);
+                        pending = Pending {
+                            dst: row.dst,
+                            n: valid,
+                            factor: (1.0 / sum) as f32,
+                        };
                     }
                 }
+                // SAFETY: the last pending row is a row of this task, `n` floats long.
+                unsafe { scale_in_place(s, pending.dst, pending.n, pending.factor) };
             }
         ))
     });
+}
+
+/// A row whose exponentials are written and that still needs multiplying by `factor` (1/sum).
+#[derive(Clone, Copy)]
+struct Pending {
+    dst: *mut f32,
+    n: usize,
+    factor: f32,
+}
+
+impl Pending {
+    const NONE: Self = Self {
+        dst: std::ptr::null_mut(),
+        n: 0,
+        factor: 1.0,
+    };
 }
 
 /// Loads `n ≤ LANES` floats, padding with −∞ so padded lanes add exp(−∞) = 0 to sums and never
@@ -184,12 +225,39 @@ unsafe fn load_padded<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
 /// `p .. p + n` must be readable.
 #[inline(always)]
 pub(crate) unsafe fn max_of<S: Simd>(s: S, p: *const f32, n: usize) -> f32 {
+    // SAFETY: forwarded; nothing pending.
+    unsafe { max_of_while_scaling(s, p, n, Pending::NONE) }
+}
+
+/// [`max_of`], while multiplying the pending row by its factor in the same loop (the row being
+/// scaled is usually still in L1; the row whose max is taken streams in meanwhile).
+///
+/// # Safety
+/// `p .. p + n` readable; `pending.dst .. + pending.n` readable and writable, disjoint from it.
+#[inline(always)]
+unsafe fn max_of_while_scaling<S: Simd>(s: S, p: *const f32, n: usize, pending: Pending) -> f32 {
     let lanes = S::LANES;
     let full = n / lanes * lanes;
+    let both = full.min(pending.n / lanes * lanes) / (4 * lanes) * (4 * lanes);
+    let factor = s.splat(pending.factor);
     let mut m = [s.splat(f32::NEG_INFINITY); 4];
     let mut i = 0;
-    // SAFETY: every offset stays below `n`.
+    // SAFETY: every offset stays below `n` (reads of `p`) or `pending.n` (the pending row).
     unsafe {
+        while i < both {
+            for (u, mu) in m.iter_mut().enumerate() {
+                *mu = s.max(*mu, s.load(p.add(i + u * lanes)));
+                let q = pending.dst.add(i + u * lanes);
+                s.store(q, s.mul(s.load(q), factor));
+            }
+            i += 4 * lanes;
+        }
+        scale_in_place(
+            s,
+            pending.dst.wrapping_add(i),
+            pending.n - i,
+            pending.factor,
+        );
         while i + 4 * lanes <= full {
             for (u, mu) in m.iter_mut().enumerate() {
                 *mu = s.max(*mu, s.load(p.add(i + u * lanes)));
@@ -314,27 +382,6 @@ unsafe fn softmax_row_special(src: *const f32, dst: *mut f32, n: usize) {
         };
         // SAFETY: `i < n`.
         unsafe { *dst.add(i) = v };
-    }
-}
-
-/// Softmax of one row of `n` floats (see the module docs for the special cases).
-///
-/// # Safety
-/// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal).
-#[inline(always)]
-unsafe fn softmax_row<S: Simd>(s: S, src: *const f32, dst: *mut f32, n: usize, scale: f32) {
-    if n == 0 {
-        return;
-    }
-    // SAFETY: the caller's ranges are passed on unchanged.
-    unsafe {
-        let max = max_of(s, src, n);
-        if !max.is_finite() {
-            return softmax_row_special(src, dst, n);
-        }
-        // A NaN anywhere turns the sum, and so every output, into NaN.
-        let sum = exp_shifted_sum(s, src, dst, n, scale, max);
-        scale_in_place(s, dst, n, (1.0 / sum) as f32);
     }
 }
 
