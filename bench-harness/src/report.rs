@@ -397,8 +397,8 @@ pub fn markdown(records: &[Record]) -> String {
             &rows,
         );
         out.push_str(
-            "_How to read: in-place softmax of rows × row_len floats (~2 MiB). GB/s counts one \
-             read and one write per element; softmax is usually limited by exp, not memory, \
+            "_How to read: in-place softmax of rows × row_len floats (~1 MiB, L2-resident \
+             between calls). GB/s counts one read and one write per element; softmax is usually limited by exp, not memory, \
              so % of the read roof well under 100 is expected. vs naive = scalar max/exp/sum/\
              divide median / ours._\n\n",
         );
