@@ -553,9 +553,10 @@ fn skinny_m() {
     }
 }
 
-/// Short products on the just-in-time B path (m ≤ 240, row-contiguous B): n across 128-column
-/// slabs, thread chunks that end mid-slab and several C blocks (m = 200 keeps 640 columns per
-/// block), k across kc blocks, tiles of 8 and 12 rows with partial last tiles.
+/// Short products on the just-in-time B path (m ≤ 240, row- or column-contiguous B, the latter
+/// packed through register transposes): n across 128-column slabs, thread chunks that end
+/// mid-slab and several C blocks (m = 200 keeps 640 columns per block), k across kc blocks and
+/// not a multiple of the transpose block, tiles of 8 and 12 rows with partial last tiles.
 #[test]
 fn streamed_b_edges() {
     let cases = exec_cases();
@@ -576,14 +577,10 @@ fn streamed_b_edges() {
             Layout::ColPadded(3)
         };
         let (alpha, beta) = if s % 3 == 0 { (1.0, 0.0) } else { (2.5, 1.0) };
-        let p = Problem::new(
-            &mut rng,
-            shape,
-            (Layout::RowPadded(5), Layout::RowPadded(3), lc),
-            alpha,
-            beta,
-        );
-        check(&cases, &p, &mut ws);
+        for lb in [Layout::RowPadded(3), Layout::ColPadded(3)] {
+            let p = Problem::new(&mut rng, shape, (Layout::RowPadded(5), lb, lc), alpha, beta);
+            check(&cases, &p, &mut ws);
+        }
     }
 }
 

@@ -81,6 +81,22 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
         unreachable!("only paths with HAS_TRANSPOSE_SUM16 are asked for it")
     }
 
+    /// Transposes one `LANES × LANES` block: the `LANES` floats at `src + r·ld` (row `r`)
+    /// become column `r` of the rows at `dst + c·ldd`. The default goes element by element;
+    /// the AVX paths use an in-register shuffle network.
+    ///
+    /// # Safety
+    /// `src + r·ld .. + LANES` must be readable and `dst + c·ldd .. + LANES` writable for every
+    /// `r, c < LANES`, and the two must not overlap.
+    unsafe fn transpose_block(self, src: *const f32, ld: usize, dst: *mut f32, ldd: usize) {
+        for r in 0..Self::LANES {
+            for c in 0..Self::LANES {
+                // SAFETY: both offsets are inside the block the caller vouched for.
+                unsafe { *dst.add(c * ldd + r) = *src.add(r * ld + c) };
+            }
+        }
+    }
+
     /// `exp(x)` lane-wise; see [`crate::exp`] for the algorithm and its error bound.
     fn exp(self, x: Self::V) -> Self::V;
     /// `2^t` lane-wise, the cheaper exponential softmax uses (its caller folds log₂e into the

@@ -150,6 +150,10 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
     let nr = NV * S::LANES;
     let panels = cols.div_ceil(nr);
     debug_assert!(dst.len() >= panels * kc * nr);
+    if b.rs == 1 && b.cs != 1 {
+        // SAFETY: forwarded from the caller.
+        return unsafe { pack_b_columns::<S, NV>(s, b, kc, cols, dst) };
+    }
     let out = dst.as_mut_ptr();
     for p in 0..kc {
         let src = b.ptr.wrapping_add(p * b.rs);
@@ -203,6 +207,53 @@ pub(crate) unsafe fn pack_b_panels<S: Simd, const NV: usize>(
                         s.zero()
                     };
                     s.store(row_out.add(v * S::LANES), x);
+                }
+            }
+        }
+    }
+}
+
+/// [`pack_b_panels`] for column-major B (`b.rs == 1`, as for `x·Wᵀ` with W stored row-major):
+/// each LANES-wide strip of a panel is the transpose of LANES contiguous columns, done one
+/// LANES×LANES block at a time in registers; partial blocks at the edges go element by
+/// element, zero-filling columns past `cols`.
+///
+/// # Safety
+/// As for [`pack_b_panels`].
+#[inline(always)]
+unsafe fn pack_b_columns<S: Simd, const NV: usize>(
+    s: S,
+    b: Strided,
+    kc: usize,
+    cols: usize,
+    dst: &mut [f32],
+) {
+    let lanes = S::LANES;
+    let nr = NV * lanes;
+    let full_rows = kc / lanes * lanes;
+    let out = dst.as_mut_ptr();
+    for jp in 0..cols.div_ceil(nr) {
+        let panel = out.wrapping_add(jp * kc * nr);
+        for v in 0..NV {
+            let j0 = jp * nr + v * lanes;
+            let strip = panel.wrapping_add(v * lanes);
+            let width = cols.saturating_sub(j0).min(lanes);
+            let col = |p: usize, c: usize| b.ptr.wrapping_add(p + (j0 + c) * b.cs);
+            let first_scalar_row = if width == lanes {
+                for p0 in (0..full_rows).step_by(lanes) {
+                    // SAFETY: columns j0..j0+LANES ≤ cols and rows p0..p0+LANES ≤ kc are inside
+                    // the vouched block; the strip's rows p0.. of the panel are inside `dst`.
+                    unsafe { s.transpose_block(col(p0, 0), b.cs, strip.add(p0 * nr), nr) };
+                }
+                full_rows
+            } else {
+                0
+            };
+            for p in first_scalar_row..kc {
+                for c in 0..lanes {
+                    // SAFETY: `(p, j0 + c)` is inside the vouched block when `c < width`; the
+                    // destination is row p of the strip, inside `dst`.
+                    unsafe { *strip.add(p * nr + c) = if c < width { *col(p, c) } else { 0.0 } };
                 }
             }
         }

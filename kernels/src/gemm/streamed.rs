@@ -36,9 +36,10 @@ const SLAB_PANELS: usize = 4;
 const C_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// Whether the streamed nest serves an `m`-row product with this blocking and B layout: all
-/// rows fit one L2 block of A, and B's rows are contiguous (so the slab rows can be prefetched).
+/// rows fit one L2 block of A, and B's rows or columns are contiguous (row-contiguous slabs are
+/// also prefetched; column-contiguous ones are runs the hardware prefetchers follow).
 pub(crate) fn applies(blk: &Blocking, m: usize, b: &Strided) -> bool {
-    m <= blk.mc && b.cs == 1
+    m <= blk.mc && (b.cs == 1 || b.rs == 1)
 }
 
 /// Columns of C per jc block for `m` rows: C's block fills [`C_BLOCK_BYTES`], in whole slabs.
