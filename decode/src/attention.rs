@@ -253,14 +253,13 @@ pub fn decode_attention(
 /// Query rows per prefill tile.
 const PREFILL_TILE: usize = 64;
 
-/// One worker's buffers for a prefill tile: the visible keys (stored transposed, `d × nk`, so
-/// that `Q·Kᵀ` packs with vector copies), values (`nk × d`), their positions, scores and the
-/// output tile.
+/// One worker's buffers for a prefill tile: the visible keys and values (`nk × d` each; `Q·Kᵀ`
+/// reads the keys through a transposed view, which the GEMM packs with register transposes),
+/// their positions, scores and the output tile.
 #[derive(Default)]
 struct TileScratch {
     queries: Vec<f32>,
     key_rows: Vec<f32>,
-    keys_t: Vec<f32>,
     values: Vec<f32>,
     positions: Vec<usize>,
     scores: Vec<f32>,
@@ -297,20 +296,6 @@ impl SharedOut {
 unsafe impl Send for SharedOut {}
 // SAFETY: as above; the pointer itself is never changed.
 unsafe impl Sync for SharedOut {}
-
-/// `dst (cols × rows) = srcᵀ` for a row-major `rows × cols` source, in cache-friendly blocks.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const B: usize = 16;
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
-            for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
-            }
-        }
-    }
-}
 
 /// Sets to −∞ the scores of keys (sorted by position) that `query` does not see: the visible
 /// ones are the sinks up to the query and the contiguous run of the last `capacity − sinks`
@@ -455,9 +440,6 @@ pub fn prefill_attention(
         }
         let nk = ts.positions.len();
         let rows = t1 - t0;
-        // Kᵀ (d × nk), so that Q·Kᵀ streams B rows; transposed in 16×16 blocks.
-        ts.keys_t.resize(d * nk, 0.0);
-        transpose(&ts.key_rows, nk, d, &mut ts.keys_t);
         // The group's query heads as one (rows·g) × d matrix: one product per tile.
         ts.queries.resize(rows * g * d, 0.0);
         for r in 0..rows {
@@ -471,7 +453,7 @@ pub fn prefill_attention(
             &inner,
             heads.scale(),
             kernels::MatRef::row_major(&ts.queries, qrows, d)?,
-            kernels::MatRef::row_major(&ts.keys_t, d, nk)?,
+            kernels::MatRef::row_major(&ts.key_rows, nk, d)?.t(),
             0.0,
             &mut kernels::MatMut::row_major(&mut ts.scores, qrows, nk)?,
             &mut ts.ws,
