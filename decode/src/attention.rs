@@ -253,9 +253,10 @@ pub fn decode_attention(
 /// Query rows per prefill tile.
 const PREFILL_TILE: usize = 64;
 
-/// One worker's buffers for a prefill tile: the visible keys and values (`nk × d` each; `Q·Kᵀ`
-/// reads the keys through a transposed view, which the GEMM packs with register transposes),
-/// their positions, scores and the output tile.
+/// One worker's buffers for a prefill tile: the visible cached keys and values gathered in
+/// position order (`Q·Kᵀ` reads keys through a transposed view, which the GEMM packs with
+/// register transposes; with an f32 cache the chunk's own rows are read in place instead of
+/// gathered), the positions of all visible keys, scores and the output tile.
 #[derive(Default)]
 struct TileScratch {
     queries: Vec<f32>,
@@ -426,19 +427,31 @@ pub fn prefill_attention(
                 );
             }
         }
-        for j in 0..t1 {
+        let gathered_cached = ts.positions.len();
+        // The chunk's own rows this tile sees: usually one run j_lo..t1 (everything from the
+        // window start on); with an f32 cache the GEMMs read that run straight from `k`/`v`.
+        let seen = |j: usize| {
+            // Some query of the tile sees row j iff the earliest query at or after it does (a
+            // later query may have slid past it; `first` may precede it).
             let pos = p0 + j;
-            // Some query of the tile sees this row iff the earliest query at or after it does
-            // (a later query may have slid past it; `first` may precede it).
-            if visible(first.max(pos), pos, cap, sinks) {
+            visible(first.max(pos), pos, cap, sinks)
+        };
+        let j_lo = (0..t1).find(|&j| seen(j)).unwrap_or(t1);
+        let direct = !bf16 && (j_lo..t1).all(seen);
+        for j in (0..t1).filter(|&j| seen(j)) {
+            ts.positions.push(p0 + j);
+            if !direct {
                 let r = j * kvrow + kv * d;
-                ts.positions.push(pos);
                 // A bf16 cache is attended as what it will hold, so prefill equals decode.
                 push_as_stored(&mut ts.key_rows, &k[r..r + d], bf16);
                 push_as_stored(&mut ts.values, &v[r..r + d], bf16);
             }
         }
         let nk = ts.positions.len();
+        // Keys 0..ng are gathered in the scratch; ng..nk (the chunk run, when direct) are read
+        // in place, rows `kvrow` apart.
+        let ng = if direct { gathered_cached } else { nk };
+        let run_at = j_lo * kvrow + kv * d;
         let rows = t1 - t0;
         // The group's query heads as one (rows·g) × d matrix: one product per tile.
         ts.queries.resize(rows * g * d, 0.0);
@@ -449,15 +462,28 @@ pub fn prefill_attention(
         let qrows = rows * g;
         ts.scores.resize(qrows * nk, 0.0);
         ts.out.resize(qrows * d, 0.0);
+        let queries = kernels::MatRef::row_major(&ts.queries, qrows, d)?;
+        // Scores of the gathered keys, then of the in-place run, side by side in each row.
         kernels::gemm(
             &inner,
             heads.scale(),
-            kernels::MatRef::row_major(&ts.queries, qrows, d)?,
-            kernels::MatRef::row_major(&ts.key_rows, nk, d)?.t(),
+            queries,
+            kernels::MatRef::row_major(&ts.key_rows, ng, d)?.t(),
             0.0,
-            &mut kernels::MatMut::row_major(&mut ts.scores, qrows, nk)?,
+            &mut kernels::MatMut::new(&mut ts.scores, qrows, ng, nk, 1)?,
             &mut ts.ws,
         )?;
+        if ng < nk {
+            kernels::gemm(
+                &inner,
+                heads.scale(),
+                queries,
+                kernels::MatRef::new(&k[run_at..], nk - ng, d, kvrow, 1)?.t(),
+                0.0,
+                &mut kernels::MatMut::new(&mut ts.scores[ng..], qrows, nk - ng, nk, 1)?,
+                &mut ts.ws,
+            )?;
+        }
         if nk > 0 {
             for (i, row) in ts.scores.chunks_exact_mut(nk).enumerate() {
                 mask_invisible(row, &ts.positions, p0 + t0 + i / g, cap, sinks);
@@ -469,15 +495,27 @@ pub fn prefill_attention(
                 kernels::SoftmaxOptions::default(),
             )?;
         }
+        let mut tile_out = kernels::MatMut::row_major(&mut ts.out, qrows, d)?;
         kernels::gemm(
             &inner,
             1.0,
-            kernels::MatRef::row_major(&ts.scores, qrows, nk)?,
-            kernels::MatRef::row_major(&ts.values, nk, d)?,
+            kernels::MatRef::new(&ts.scores, qrows, ng, nk, 1)?,
+            kernels::MatRef::row_major(&ts.values, ng, d)?,
             0.0,
-            &mut kernels::MatMut::row_major(&mut ts.out, qrows, d)?,
+            &mut tile_out,
             &mut ts.ws,
         )?;
+        if ng < nk {
+            kernels::gemm(
+                &inner,
+                1.0,
+                kernels::MatRef::new(&ts.scores[ng..], qrows, nk - ng, nk, 1)?,
+                kernels::MatRef::new(&v[run_at..], nk - ng, d, kvrow, 1)?,
+                1.0,
+                &mut tile_out,
+                &mut ts.ws,
+            )?;
+        }
         for r in 0..rows {
             let dst = shared.at((t0 + r) * qrow + kv * g * d);
             // SAFETY: row t0 + r < T and the group's heads kv·g .. (kv+1)·g ≤ heads, so these
