@@ -522,6 +522,22 @@ fn prefill_equals_decode_token_by_token() {
             chunk: 150,
             after: 3,
         },
+        // Sinks inside the chunk and a window that slides past them: the chunk rows a tile
+        // sees are not one run, so even an f32 cache gathers them.
+        PrefillCase {
+            capacity: 16,
+            sinks: 4,
+            history: 0,
+            chunk: 150,
+            after: 3,
+        },
+        PrefillCase {
+            capacity: 16,
+            sinks: 4,
+            history: 2,
+            chunk: 150,
+            after: 3,
+        },
     ];
     let shapes = [
         (heads(8, 2, 64), true, false),

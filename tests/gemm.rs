@@ -19,9 +19,9 @@ mod common;
 use std::collections::HashMap;
 use std::fmt::Display;
 
-use common::{ExecCase, exec_cases, rng};
+use common::{ExecCase, exec_cases, exec_for, rng};
 use kernels::reference::{gemm_abs_f64, gemm_f64};
-use kernels::{Exec, GemmWorkspace, Isa, KernelError, MatMut, MatRef, gemm};
+use kernels::{Exec, GemmWorkspace, Isa, KernelError, MatMut, MatRef, Parallelism, gemm};
 use rand::Rng;
 
 /// Floats of guard zone before and after every buffer.
@@ -553,10 +553,10 @@ fn skinny_m() {
     }
 }
 
-/// Short products on the just-in-time B path (m ≤ 240, row- or column-contiguous B, the latter
-/// packed through register transposes): n across 128-column slabs, thread chunks that end
-/// mid-slab and several C blocks (m = 200 keeps 640 columns per block), k across kc blocks and
-/// not a multiple of the transpose block, tiles of 8 and 12 rows with partial last tiles.
+/// Short products on the just-in-time B path (m ≤ 240 on AVX-512, row- or column-contiguous B,
+/// the latter packed through register transposes): n across 128-column slabs, thread chunks
+/// that end mid-slab, k across kc blocks and not a multiple of the transpose block, tiles of 8
+/// and 12 rows with partial last tiles.
 #[test]
 fn streamed_b_edges() {
     let cases = exec_cases();
@@ -580,6 +580,55 @@ fn streamed_b_edges() {
         for lb in [Layout::RowPadded(3), Layout::ColPadded(3)] {
             let p = Problem::new(&mut rng, shape, (Layout::RowPadded(5), lb, lc), alpha, beta);
             check(&cases, &p, &mut ws);
+        }
+    }
+}
+
+/// The streamed nest over several C blocks (each thread keeps 1 MiB of C: 1280 columns per
+/// thread at m = 200), including a last block narrower than one NR panel per thread
+/// (96 × 5377: on every ISA's tiles).
+#[test]
+fn streamed_several_c_blocks() {
+    let cases = exec_cases();
+    let mut rng = rng(12);
+    let mut ws = GemmWorkspace::new();
+    for shape in [(96, 5377, 40), (240, 2049, 70), (200, 2600, 33)] {
+        for lb in [Layout::RowPadded(3), Layout::ColPadded(3)] {
+            let p = Problem::new(
+                &mut rng,
+                shape,
+                (Layout::RowMajor, lb, Layout::RowMajor),
+                2.5,
+                1.0,
+            );
+            check(&cases, &p, &mut ws);
+        }
+    }
+}
+
+/// 3 and 4 threads (the other tests use 1 and 2): uneven chunk splits in the streamed nest,
+/// and the blocked nest with both several ic blocks and several column chunks per block; the
+/// result must still equal the sequential one bit for bit.
+#[test]
+fn three_and_four_threads_agree_bitwise() {
+    let mut rng = rng(13);
+    let mut ws = GemmWorkspace::new();
+    for isa in Isa::available() {
+        for threads in [3, 4] {
+            let cases = [
+                ExecCase {
+                    exec: exec_for(isa),
+                    threads: 1,
+                },
+                ExecCase {
+                    exec: exec_for(isa).with_parallelism(Parallelism::Rayon),
+                    threads,
+                },
+            ];
+            for shape in [(300, 200, 300), (64, 1000, 300), (7, 300, 100)] {
+                let p = Problem::new(&mut rng, shape, ROW3, 1.0, 0.0);
+                check(&cases, &p, &mut ws);
+            }
         }
     }
 }

@@ -325,12 +325,13 @@ fn invalid_arguments() {
 fn causal_mask() {
     let mut rng = rng(25);
     for exec in isa_execs() {
-        for row_len in [1, 7, 16, 33] {
+        // Short rows, and rows long enough for the fused scale-and-max loop of the row pipeline.
+        for row_len in [1, 7, 16, 33, 130, 300] {
             let rows = 6;
             let data: Vec<f32> = (0..rows * row_len)
                 .map(|_| rng.random_range(-6.0..=6.0))
                 .collect();
-            for offset in [0, 2, row_len - 1, row_len + 20] {
+            for offset in [0, 2, 64, row_len - 1, row_len + 20] {
                 for scale in [1.0, 0.25] {
                     let out = softmax(&exec, &data, row_len, opts(scale, Mask::Causal { offset }));
                     for i in 0..rows {
@@ -351,6 +352,47 @@ fn causal_mask() {
                 }
             }
         }
+    }
+}
+
+/// Rows are pipelined (a row's 1/sum is applied in the next row's max loop): special rows in the
+/// middle of a batch (all −∞, a NaN, all NaN, a +∞) must neither disturb their neighbours nor
+/// be disturbed, so every row equals the same row computed alone, bit for bit.
+#[test]
+fn pipelined_rows_with_special_rows_between() {
+    let mut rng = rng(27);
+    for exec in isa_execs() {
+        for len in [64, 100, 200, 1000] {
+            let mut rows: Vec<Vec<f32>> = (0..9)
+                .map(|_| (0..len).map(|_| rng.random_range(-8.0..=8.0)).collect())
+                .collect();
+            rows[1].fill(NEG_INF);
+            rows[3][len / 2] = f32::NAN;
+            rows[4] = vec![f32::NAN; len];
+            rows[6][len - 1] = INF;
+            let got = softmax(&exec, &rows.concat(), len, opts(0.5, Mask::None));
+            for (i, r) in rows.iter().enumerate() {
+                let alone = softmax(&exec, r, len, opts(0.5, Mask::None));
+                assert_eq!(
+                    bits(&got[i * len..][..len]),
+                    bits(&alone),
+                    "[{}] len={len} row {i}",
+                    exec.isa()
+                );
+            }
+        }
+    }
+}
+
+/// A scale so large that scale·log₂e overflows f32 still gives the exact softmax.
+#[test]
+fn scale_near_f32_max() {
+    let input = [0.0, -2e-38, -1e-38, 0.0];
+    for exec in isa_execs() {
+        let got = softmax(&exec, &input, 4, opts(3e38, Mask::None));
+        let ctx = format!("[{}] scale 3e38", exec.isa());
+        check_row(&got, &input, &softmax_scaled_f64(&input, 3e38), &ctx);
+        check_sum(&got, &ctx);
     }
 }
 

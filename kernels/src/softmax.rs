@@ -139,8 +139,10 @@ impl RowPtrs {
 
 fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: SoftmaxOptions) {
     // Rows are independent; give each task enough elements to amortise scheduling, and at
-    // least two rows so that the pipeline below has a next row to overlap with.
-    let rows_per_task = (16384 / row_len.max(1)).max(2).clamp(1, rows.max(1));
+    // least two rows (when that leaves every thread a task) so that the pipeline below has a
+    // next row to overlap with.
+    let min_rows = if rows >= 2 * exec.threads() { 2 } else { 1 };
+    let rows_per_task = (16384 / row_len.max(1)).max(min_rows).clamp(1, rows.max(1));
     let tasks = rows.div_ceil(rows_per_task);
     exec.for_each_index(tasks, |t| {
         with_simd!(exec.isa(), |s| s.vectorize(
@@ -296,11 +298,45 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
     scale: f32,
     max: f32,
 ) -> f64 {
+    let folded = scale as f64 * std::f64::consts::LOG2_E;
+    // SAFETY: the caller's ranges are passed on unchanged.
+    unsafe {
+        if folded <= f32::MAX as f64 {
+            exp_shifted_sum_with::<S, false>(s, src, dst, n, folded as f32, max)
+        } else {
+            // scale·log₂e would overflow: multiply by the two in turn (a difference that then
+            // overflows to −∞ has weight 0, as it should).
+            exp_shifted_sum_with::<S, true>(s, src, dst, n, scale, max)
+        }
+    }
+}
+
+/// [`exp_shifted_sum`] with the exponent `(src_i − max)·scale` (`·log₂e` after it when
+/// `SPLIT`, else already folded into `scale`).
+///
+/// # Safety
+/// As for [`exp_shifted_sum`].
+#[inline(always)]
+unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    scale: f32,
+    max: f32,
+) -> f64 {
     let lanes = S::LANES;
     let full = n / lanes * lanes;
-    // Clamped so that a scale near f32::MAX cannot fold into +∞ (0·∞ at the max would be NaN).
-    let vscale = s.splat((scale as f64 * std::f64::consts::LOG2_E).min(f32::MAX as f64) as f32);
+    let (vscale, log2e) = (s.splat(scale), s.splat(std::f32::consts::LOG2_E));
     let neg_max = s.splat(-max);
+    // A nested fn, not a closure: a closure is compiled without the ISA's features unless it is
+    // inlined, and a `let` closure cannot be marked `inline(always)`.
+    #[inline(always)]
+    fn exponent<S: Simd, const SPLIT: bool>(s: S, x: S::V, k: [S::V; 3]) -> S::V {
+        let t = s.mul(s.add(x, k[0]), k[1]);
+        if SPLIT { s.mul(t, k[2]) } else { t }
+    }
+    let k = [neg_max, vscale, log2e];
     let mut acc = [s.acc64_zero(), s.acc64_zero()];
     let mut i = 0;
     // SAFETY: every offset stays below `n`.
@@ -311,7 +347,7 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
         while i + 8 * lanes <= full {
             let mut part = [s.zero(), s.zero()];
             for u in 0..8 {
-                let e = s.exp2(s.mul(s.add(s.load(src.add(i + u * lanes)), neg_max), vscale));
+                let e = s.exp2(exponent::<S, SPLIT>(s, s.load(src.add(i + u * lanes)), k));
                 s.store(dst.add(i + u * lanes), e);
                 part[u % 2] = s.add(part[u % 2], e);
             }
@@ -320,15 +356,16 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
             i += 8 * lanes;
         }
         while i < full {
-            let e = s.exp2(s.mul(s.add(s.load(src.add(i)), neg_max), vscale));
+            let e = s.exp2(exponent::<S, SPLIT>(s, s.load(src.add(i)), k));
             s.store(dst.add(i), e);
             acc[0] = s.acc64_add(acc[0], e);
             i += lanes;
         }
         if full < n {
-            let e = s.exp2(s.mul(
-                s.add(load_padded(s, src.add(full), n - full), neg_max),
-                vscale,
+            let e = s.exp2(exponent::<S, SPLIT>(
+                s,
+                load_padded(s, src.add(full), n - full),
+                k,
             ));
             s.store_partial(dst.add(full), n - full, e);
             acc[1] = s.acc64_add(acc[1], e);

@@ -36,15 +36,14 @@ pub fn build_pool(n: usize) -> rayon::ThreadPool {
         .expect("building a rayon pool")
 }
 
-/// A process-wide pool of `n` threads (1 or 2), built once and shared by the tests.
+/// A process-wide pool of `n` threads (1 to 4), built once and shared by the tests.
 pub fn pool(n: usize) -> &'static rayon::ThreadPool {
-    static ONE: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    static TWO: OnceLock<rayon::ThreadPool> = OnceLock::new();
-    match n {
-        1 => ONE.get_or_init(|| build_pool(1)),
-        2 => TWO.get_or_init(|| build_pool(2)),
-        _ => panic!("only 1- and 2-thread pools are shared"),
-    }
+    static POOLS: [OnceLock<rayon::ThreadPool>; 4] = [const { OnceLock::new() }; 4];
+    assert!(
+        (1..=4).contains(&n),
+        "only pools of 1 to 4 threads are shared"
+    );
+    POOLS[n - 1].get_or_init(|| build_pool(n))
 }
 
 /// One way of running a kernel: an ISA, and either the calling thread or a 2-thread pool.
@@ -52,7 +51,8 @@ pub fn pool(n: usize) -> &'static rayon::ThreadPool {
 pub struct ExecCase {
     /// The settings passed to the kernel.
     pub exec: Exec,
-    /// Threads the kernel may use (1: sequential; 2: `Parallelism::Rayon` inside `pool(2)`).
+    /// Threads the kernel may use (1: sequential; more: `Parallelism::Rayon` inside
+    /// `pool(threads)`).
     pub threads: usize,
 }
 

@@ -2,8 +2,9 @@
 //! choice of path:
 //! - one output row or column: [`gemv`] streams B once (decode's `x·W`, `q·Kᵀ`);
 //! - two to four rows against row-contiguous B and C: [`skinny`] streams B without packing;
-//! - up to one L2 block of rows (`mc`) against row-contiguous B: the blocked nest with B packed
-//!   just in time, slab by slab, so its memory stream overlaps the micro-kernel ([`streamed`]);
+//! - up to one L2 block of rows (`mc`) against row- or column-contiguous B: the blocked nest
+//!   with B packed just in time, slab by slab, so its memory stream overlaps the micro-kernel
+//!   ([`streamed`]);
 //! - everything else: the packed, blocked BLIS loops ([`loops`], [`microkernel`], [`pack`]),
 //!   block sizes in [`blocking`].
 //!

@@ -51,7 +51,8 @@ fn block_cols(m: usize, nr: usize) -> usize {
 /// `C = α·A·B + β·C` for `m, n, k ≥ 1` with [`applies`] true.
 ///
 /// # Safety
-/// As for [`super::loops::gemm_blocked`], and `b.cs == 1`.
+/// As for [`super::loops::gemm_blocked`], and B's rows or columns contiguous (`b.cs == 1` or
+/// `b.rs == 1`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_streamed<S: Simd, const MR: usize, const NV: usize>(
     s: S,
