@@ -652,52 +652,65 @@ fn assert_same_entries(a: &KvCache, b: &KvCache, what: &str) {
 
 #[test]
 fn prefill_attention_direct_with_bf16_cache() {
-    // prefill_attention called directly on a bf16 cache agrees with decode_attention on it.
+    // prefill_attention called directly on a bf16 cache agrees with decode_attention on it:
+    // a short chunk into an empty cache, and a chunk of several tiles after history that has
+    // already wrapped a ring with sinks.
     let h = heads(4, 2, 36);
-    let t = 10;
-    let mut r = rng(80);
-    let q = random_vec(&mut r, t * h.heads * h.head_dim);
-    let k = random_vec(&mut r, t * h.kv_heads * h.head_dim);
-    let v = random_vec(&mut r, t * h.kv_heads * h.head_dim);
-    let exec = Exec::sequential();
-    let mut pc = cache_for(h, 32, 0, KvDtype::Bf16);
-    let mut out = vec![0.0; q.len()];
-    prefill_attention(
-        &exec,
-        &h,
-        &mut pc,
-        0,
-        &q,
-        &k,
-        &v,
-        &mut out,
-        &mut PrefillScratch::new(),
-    )
-    .unwrap();
-    let mut dc = cache_for(h, 32, 0, KvDtype::Bf16);
     let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
-    let mut scratch = DecodeScratch::new(h, 1).unwrap();
-    for i in 0..t {
-        dc.append(0, &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw])
-            .unwrap();
-        let mut o = vec![0.0; qw];
-        decode_attention(
+    let exec = Exec::sequential();
+    for (capacity, sinks, history, t) in [(32, 0, 0, 10), (20, 3, 37, 130)] {
+        let mut r = rng(80 + history as u64);
+        let hk = random_vec(&mut r, history * kw);
+        let hv = random_vec(&mut r, history * kw);
+        let q = random_vec(&mut r, t * qw);
+        let k = random_vec(&mut r, t * kw);
+        let v = random_vec(&mut r, t * kw);
+        let mut pc = cache_for(h, capacity, sinks, KvDtype::Bf16);
+        let mut dc = cache_for(h, capacity, sinks, KvDtype::Bf16);
+        for i in 0..history {
+            let (kr, vr) = (&hk[i * kw..(i + 1) * kw], &hv[i * kw..(i + 1) * kw]);
+            pc.append(0, kr, vr).unwrap();
+            dc.append(0, kr, vr).unwrap();
+        }
+        let mut out = vec![0.0; q.len()];
+        prefill_attention(
             &exec,
             &h,
-            &dc,
+            &mut pc,
             0,
-            &q[i * qw..(i + 1) * qw],
-            &mut o,
-            &mut scratch,
-            DecodeOptions::default(),
+            &q,
+            &k,
+            &v,
+            &mut out,
+            &mut PrefillScratch::new(),
         )
         .unwrap();
-        // Prefill attends to the chunk's rows rounded to bf16, exactly what decode reads back
-        // from the cache, so the two agree to f32 rounding.
-        let e = rel_err32(&out[i * qw..(i + 1) * qw], &o);
-        assert!(e < 1e-5, "token {i}: {e:.2e}");
+        let mut scratch = DecodeScratch::new(h, 1).unwrap();
+        for i in 0..t {
+            dc.append(0, &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw])
+                .unwrap();
+            let mut o = vec![0.0; qw];
+            decode_attention(
+                &exec,
+                &h,
+                &dc,
+                0,
+                &q[i * qw..(i + 1) * qw],
+                &mut o,
+                &mut scratch,
+                DecodeOptions::default(),
+            )
+            .unwrap();
+            // Prefill attends to the chunk's rows rounded to bf16, exactly what decode reads
+            // back from the cache, so the two agree to f32 rounding.
+            let e = rel_err32(&out[i * qw..(i + 1) * qw], &o);
+            assert!(
+                e < 1e-5,
+                "W={capacity} S={sinks} history {history}: token {i}: {e:.2e}"
+            );
+        }
+        assert_eq!(pc.positions(), dc.positions());
     }
-    assert_eq!(pc.positions(), dc.positions());
 }
 
 #[test]
