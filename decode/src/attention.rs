@@ -464,15 +464,17 @@ pub fn prefill_attention(
         ts.out.resize(qrows * d, 0.0);
         let queries = kernels::MatRef::row_major(&ts.queries, qrows, d)?;
         // Scores of the gathered keys, then of the in-place run, side by side in each row.
-        kernels::gemm(
-            &inner,
-            heads.scale(),
-            queries,
-            kernels::MatRef::row_major(&ts.key_rows, ng, d)?.t(),
-            0.0,
-            &mut kernels::MatMut::new(&mut ts.scores, qrows, ng, nk, 1)?,
-            &mut ts.ws,
-        )?;
+        if ng > 0 {
+            kernels::gemm(
+                &inner,
+                heads.scale(),
+                queries,
+                kernels::MatRef::row_major(&ts.key_rows, ng, d)?.t(),
+                0.0,
+                &mut kernels::MatMut::new(&mut ts.scores, qrows, ng, nk, 1)?,
+                &mut ts.ws,
+            )?;
+        }
         if ng < nk {
             kernels::gemm(
                 &inner,
@@ -496,22 +498,25 @@ pub fn prefill_attention(
             )?;
         }
         let mut tile_out = kernels::MatMut::row_major(&mut ts.out, qrows, d)?;
-        kernels::gemm(
-            &inner,
-            1.0,
-            kernels::MatRef::new(&ts.scores, qrows, ng, nk, 1)?,
-            kernels::MatRef::row_major(&ts.values, ng, d)?,
-            0.0,
-            &mut tile_out,
-            &mut ts.ws,
-        )?;
+        if ng > 0 || ng == nk {
+            kernels::gemm(
+                &inner,
+                1.0,
+                kernels::MatRef::new(&ts.scores, qrows, ng, nk, 1)?,
+                kernels::MatRef::row_major(&ts.values, ng, d)?,
+                0.0,
+                &mut tile_out,
+                &mut ts.ws,
+            )?;
+        }
         if ng < nk {
             kernels::gemm(
                 &inner,
                 1.0,
                 kernels::MatRef::new(&ts.scores[ng..], qrows, nk - ng, nk, 1)?,
                 kernels::MatRef::new(&v[run_at..], nk - ng, d, kvrow, 1)?,
-                1.0,
+                // Accumulate onto the gathered keys' part, if there was one.
+                if ng > 0 { 1.0 } else { 0.0 },
                 &mut tile_out,
                 &mut ts.ws,
             )?;

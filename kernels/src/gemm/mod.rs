@@ -171,6 +171,16 @@ fn scale(c: &mut MatMut<'_>, beta: f32) {
     let (rows, cols) = (c.rows(), c.cols());
     let data = c.as_mut_slice();
     for i in 0..rows {
+        if cs == 1 {
+            // Contiguous rows: slice operations the compiler turns into wide stores.
+            let row = &mut data[i * rs..i * rs + cols];
+            if beta == 0.0 {
+                row.fill(0.0);
+            } else {
+                row.iter_mut().for_each(|e| *e *= beta);
+            }
+            continue;
+        }
         for j in 0..cols {
             let e = &mut data[i * rs + j * cs];
             *e = if beta == 0.0 { 0.0 } else { beta * *e };
