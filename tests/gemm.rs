@@ -633,6 +633,30 @@ fn three_and_four_threads_agree_bitwise() {
     }
 }
 
+/// Two to four rows against B = Wᵀ (column-contiguous, also padded), which stream B column by
+/// column: n not a multiple of the 4 columns taken at a time, k with a partial vector, C
+/// row-major and column-major, β = 0 (C pre-filled with NaN) and β ≠ 0.
+#[test]
+fn skinny_rows_against_transposed_b() {
+    let cases = exec_cases();
+    let mut rng = rng(14);
+    let mut ws = GemmWorkspace::new();
+    for m in 2..=4 {
+        for (n, k) in [(301, 517), (5, 16), (1030, 33)] {
+            for lb in [Layout::ColMajor, Layout::ColPadded(3)] {
+                for (lc, (alpha, beta)) in [
+                    (Layout::RowMajor, (1.0, 0.0)),
+                    (Layout::ColPadded(2), (2.5, 1.0)),
+                ] {
+                    let p =
+                        Problem::new(&mut rng, (m, n, k), (Layout::RowMajor, lb, lc), alpha, beta);
+                    check(&cases, &p, &mut ws);
+                }
+            }
+        }
+    }
+}
+
 /// Every combination of A, B and C layouts (row-major, column-major, padded, general).
 #[test]
 fn all_layouts() {

@@ -1,7 +1,8 @@
 //! `C = α·A·B + β·C` in f32 over strided views: the public entry point, its checks, and the
 //! choice of path:
 //! - one output row or column: [`gemv`] streams B once (decode's `x·W`, `q·Kᵀ`);
-//! - two to four rows against row-contiguous B and C: [`skinny`] streams B without packing;
+//! - two to four rows against row-contiguous B and C, or column-contiguous B (`x·Wᵀ`) and
+//!   row-contiguous A: [`skinny`] streams B without packing;
 //! - up to one L2 block of rows (`mc`) against row- or column-contiguous B: the blocked nest
 //!   with B packed just in time, slab by slab, so its memory stream overlaps the micro-kernel
 //!   ([`streamed`]);
@@ -86,6 +87,19 @@ pub fn gemm(
             // SAFETY: A (m×k) and B (k×n, unit column stride) are validated views; C is m×n
             // with unit column stride and distinct elements, borrowed mutably for the call.
             unsafe { skinny::gemm_skinny(s, exec, (m, n, k), alpha, sa, sb, beta, cp, rsc, acc) }
+        });
+        return Ok(());
+    }
+    // A few rows against column-contiguous B (x·Wᵀ): each column of B dotted with all of A.
+    if m <= skinny::MAX_ROWS && b.row_stride() == 1 && a.col_stride() == 1 {
+        let (sa, sb) = (strided_of(&a), strided_of(&b));
+        let (cp, strides) = (SharedMut(c.as_mut_ptr()), (c.row_stride(), c.col_stride()));
+        with_simd!(exec.isa(), |s| {
+            // SAFETY: A (m×k, unit column stride) and B (k×n, unit row stride) are validated
+            // views; C is m×n with distinct elements, borrowed mutably for the call.
+            unsafe {
+                skinny::gemm_skinny_columns(s, exec, (m, n, k), alpha, sa, sb, beta, cp, strides)
+            }
         });
         return Ok(());
     }

@@ -1,5 +1,6 @@
-//! Very skinny products (m = 2 … 4 rows: decode of a few sequences at once): B streamed in row
-//! order with no packing.
+//! Very skinny products (m = 2 … 4 rows: decode of a few sequences at once): B streamed once with
+//! no packing, in row order when its rows are contiguous, column by column when its columns are
+//! (`x·Wᵀ`).
 //!
 //! With few rows each element of B is used only m times, so packing B (a copy the size of B)
 //! costs about as much as the product and cannot overlap the memory stream. Here C's rows for a
@@ -180,6 +181,125 @@ unsafe fn chunk_kernel<S: Simd>(
                 }
             }
             p += depth;
+        }
+    }
+}
+
+/// `C = α·A·B + β·C` for `m ≤ MAX_ROWS` with B's *columns* contiguous (`b.rs == 1`: `x·Wᵀ` for
+/// W stored n × k row-major, the layout of linear-layer weights) and A's rows contiguous: each
+/// column of B is read once, four at a time, and dotted with all m rows of A. No packing and
+/// no workspace; each column is a contiguous run the hardware prefetchers follow.
+///
+/// # Safety
+/// `a` is readable on `m × k` with `a.cs == 1`, `b` on `k × n` with `b.rs == 1`; `c` readable
+/// and writable at `i·rsc + j·csc` for `i < m`, `j < n`, pairwise distinct, untouched by others.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_skinny_columns<S: Simd>(
+    s: S,
+    exec: &Exec,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Strided,
+    b: Strided,
+    beta: f32,
+    c: SharedMut,
+    (rsc, csc): (usize, usize),
+) {
+    debug_assert!(m <= MAX_ROWS && a.cs == 1 && b.rs == 1);
+    let tasks = exec.threads().clamp(1, n.div_ceil(4));
+    exec.for_each_index(tasks, |t| {
+        let columns = (t * n / tasks)..((t + 1) * n / tasks);
+        let out = ColumnsOut {
+            c,
+            rsc,
+            csc,
+            alpha,
+            beta,
+        };
+        s.vectorize(
+            #[inline(always)]
+            // SAFETY: rows < m of A and columns in `columns` (< n) of B and C, as vouched;
+            // tasks own disjoint column ranges of C.
+            || unsafe {
+                match m {
+                    1 => dot_columns::<S, 1>(s, k, a, b, columns, out),
+                    2 => dot_columns::<S, 2>(s, k, a, b, columns, out),
+                    3 => dot_columns::<S, 3>(s, k, a, b, columns, out),
+                    _ => dot_columns::<S, 4>(s, k, a, b, columns, out),
+                }
+            },
+        );
+    });
+}
+
+/// Where [`dot_columns`] writes: `C[i, j] = α·dot + β·C[i, j]` at `c + i·rsc + j·csc`.
+#[derive(Clone, Copy)]
+struct ColumnsOut {
+    c: SharedMut,
+    rsc: usize,
+    csc: usize,
+    alpha: f32,
+    beta: f32,
+}
+
+/// The columns `columns` of `C = α·A·B + β·C` for exactly `M` rows, four columns of B at a
+/// time (4·M independent accumulator chains).
+///
+/// # Safety
+/// As for [`gemm_skinny_columns`], with `m = M` and `columns` inside `0..n`.
+#[inline(always)]
+unsafe fn dot_columns<S: Simd, const M: usize>(
+    s: S,
+    k: usize,
+    a: Strided,
+    b: Strided,
+    columns: std::ops::Range<usize>,
+    out: ColumnsOut,
+) {
+    let lanes = S::LANES;
+    let full = k / lanes * lanes;
+    let tail = k - full;
+    let mut j = columns.start;
+    // SAFETY: columns j.. < columns.end and offsets < k stay inside B; rows < M inside A; the
+    // C elements written belong to this range.
+    unsafe {
+        while j < columns.end {
+            let count = 4.min(columns.end - j);
+            let col: [*const f32; 4] =
+                std::array::from_fn(|u| b.ptr.add((j + u.min(count - 1)) * b.cs));
+            let mut acc = [[s.zero(); 4]; M];
+            let mut p = 0;
+            while p < full {
+                let w: [S::V; 4] = std::array::from_fn(|u| s.load(col[u].add(p)));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let x = s.load(a.ptr.add(i * a.rs + p));
+                    for (u, x_w) in row.iter_mut().enumerate() {
+                        *x_w = s.fmadd(x, w[u], *x_w);
+                    }
+                }
+                p += lanes;
+            }
+            if tail > 0 {
+                let w: [S::V; 4] = std::array::from_fn(|u| s.load_partial(col[u].add(full), tail));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let x = s.load_partial(a.ptr.add(i * a.rs + full), tail);
+                    for (u, x_w) in row.iter_mut().enumerate() {
+                        *x_w = s.fmadd(x, w[u], *x_w);
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (u, x_w) in row.iter().enumerate().take(count) {
+                    let dot = s.reduce_add(*x_w);
+                    let cp = out.c.at(i * out.rsc + (j + u) * out.csc);
+                    *cp = if out.beta == 0.0 {
+                        out.alpha * dot
+                    } else {
+                        out.alpha * dot + out.beta * *cp
+                    };
+                }
+            }
+            j += count;
         }
     }
 }
