@@ -183,6 +183,34 @@ fn table(out: &mut String, headers: &[&str], rows: &[Vec<String>]) {
     out.push('\n');
 }
 
+/// One column of a suite's table: its header and how a record fills the cell.
+type Column = (&'static str, fn(&Record) -> String);
+
+const THREADS: Column = ("threads", |r| s(r.threads));
+const IMPL_ISA: Column = ("impl", |r| {
+    format!("{} {}", r.implementation, r.isa.as_deref().unwrap_or(""))
+});
+const TIME: Column = ("median (min–max)", time);
+const GFLOPS: Column = ("GFLOP/s", |r| opt(r.gflops, fmt_num));
+const GBPS: Column = ("GB/s", |r| opt(r.gbps, fmt_num));
+const TOKENS: Column = ("tokens/s", |r| opt(r.tokens_per_s, fmt_si));
+const PCT_ROOF: Column = ("% of roof", |r| pct(r.pct_peak));
+const ROOF: Column = ("roof", |r| r.roof.clone().unwrap_or_else(|| "-".into()));
+const KV_DTYPE: Column = ("KV", |r| r.kv_dtype.clone().unwrap_or_default());
+const VS_NAIVE: Column = ("vs naive", |r| ratio(r.vs_baseline));
+
+/// A suite's section: heading, one table row per record, and the how-to-read line.
+fn section(out: &mut String, title: &str, recs: &[&Record], columns: &[Column], how: &str) {
+    let _ = write!(out, "## {title}\n\n");
+    let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> = recs
+        .iter()
+        .map(|r| columns.iter().map(|(_, cell)| cell(r)).collect())
+        .collect();
+    table(out, &headers, &rows);
+    let _ = write!(out, "_How to read: {how}_\n\n");
+}
+
 fn notes(out: &mut String, recs: &[&Record]) {
     for r in recs {
         if let Some(n) = &r.note
@@ -282,268 +310,168 @@ pub fn markdown(records: &[Record]) -> String {
 
     let peak = by("peak");
     if !peak.is_empty() {
-        out.push_str("## Peak: this machine's roofs\n\n");
-        let rows: Vec<Vec<String>> = peak
-            .iter()
-            .map(|r| {
-                vec![
+        section(
+            &mut out,
+            "Peak: this machine's roofs",
+            &peak,
+            &[
+                ("roof", |r| {
                     if r.implementation == "fma-probe" {
                         format!("FMA {}", r.isa.as_deref().unwrap_or("-"))
                     } else {
                         format!("read {}", r.shape.as_deref().unwrap_or("-"))
-                    },
-                    s(r.threads),
-                    time(r),
-                    opt(r.gflops, fmt_num),
-                    opt(r.gbps, fmt_num),
-                    r.note.clone().unwrap_or_default(),
-                ]
-            })
-            .collect();
-        table(
-            &mut out,
-            &["roof", "threads", "median (min–max)", "GFLOP/s", "GB/s", ""],
-            &rows,
-        );
-        out.push_str(
-            "_How to read: FMA is 24 independent vector FMA chains per thread on every thread \
-             at once; read is a plain vectorised sum over an array of that size. A roof is the \
-             fastest sample (what the machine can do), the columns show the spread. Every % of \
-             roof below is relative to these numbers (bandwidth tier chosen by working-set \
-             size: fits 3/4 of the threads' L2 → L2, half the LLC → LLC, else DRAM), except \
-             GEMV and decode attention, which use a sum over exactly their bytes._\n\n",
+                    }
+                }),
+                THREADS,
+                TIME,
+                GFLOPS,
+                GBPS,
+                ("", |r| r.note.clone().unwrap_or_default()),
+            ],
+            "FMA is 24 independent vector FMA chains per thread on every thread at once; read is \
+             a plain vectorised sum over an array of that size. A roof is the fastest sample \
+             (what the machine can do), the columns show the spread. Every % of roof below is \
+             relative to these numbers (bandwidth tier chosen by working-set size: fits 3/4 of \
+             the threads' L2 → L2, half the LLC → LLC, else DRAM), except GEMV and decode \
+             attention, which use a sum over exactly their bytes.",
         );
     }
 
     let mm = by("matmul");
     if !mm.is_empty() {
-        out.push_str("## matmul\n\n");
-        let rows: Vec<Vec<String>> = mm
-            .iter()
-            .map(|r| {
-                vec![
-                    r.shape.clone().unwrap_or_default(),
-                    format!("{}×{}×{}", s(r.m), s(r.n), s(r.k)),
-                    s(r.threads),
-                    format!("{} {}", r.implementation, r.isa.as_deref().unwrap_or("")),
-                    time(r),
-                    opt(r.gflops, fmt_num),
-                    opt(r.gbps, fmt_num),
-                    pct(r.pct_peak),
-                    r.roof.clone().unwrap_or_else(|| "-".into()),
-                    ratio(r.vs_baseline),
-                ]
-            })
-            .collect();
-        table(
+        section(
             &mut out,
+            "matmul",
+            &mm,
             &[
-                "shape",
-                "m×n×k",
-                "threads",
-                "impl",
-                "median (min–max)",
-                "GFLOP/s",
-                "GB/s",
-                "% of roof",
-                "roof",
-                "vs matrixmultiply",
+                ("shape", |r| r.shape.clone().unwrap_or_default()),
+                ("m×n×k", |r| format!("{}×{}×{}", s(r.m), s(r.n), s(r.k))),
+                THREADS,
+                IMPL_ISA,
+                TIME,
+                GFLOPS,
+                GBPS,
+                PCT_ROOF,
+                ROOF,
+                ("vs matrixmultiply", |r| ratio(r.vs_baseline)),
             ],
-            &rows,
-        );
-        out.push_str(
-            "_How to read: GFLOP/s = 2mnk / median. GEMV-like shapes (m = 1) stream B once, so \
-             their GB/s (bytes of B / median) is compared with the read roof; the others with \
-             min(FMA peak, arithmetic intensity × read bandwidth). vs matrixmultiply = its \
-             median / ours (> 1: we are faster; it runs on one thread)._\n\n",
+            "GFLOP/s = 2mnk / median. GEMV-like shapes (m = 1) stream B once, so their GB/s \
+             (bytes of B / median) is compared with the read roof; the others with min(FMA \
+             peak, arithmetic intensity × read bandwidth). vs matrixmultiply = its median / \
+             ours (> 1: we are faster; it runs on one thread).",
         );
         notes(&mut out, &mm);
     }
 
     let sm = by("softmax");
     if !sm.is_empty() {
-        out.push_str("## softmax\n\n");
-        let rows: Vec<Vec<String>> = sm
-            .iter()
-            .map(|r| {
-                vec![
-                    s(r.row_len),
-                    s(r.rows),
-                    s(r.threads),
-                    format!("{} {}", r.implementation, r.isa.as_deref().unwrap_or("")),
-                    time(r),
-                    opt(r.elements_per_s, fmt_si),
-                    opt(r.gbps, fmt_num),
-                    pct(r.pct_peak),
-                    r.roof.clone().unwrap_or_else(|| "-".into()),
-                    ratio(r.vs_baseline),
-                ]
-            })
-            .collect();
-        table(
+        section(
             &mut out,
+            "softmax",
+            &sm,
             &[
-                "row_len",
-                "rows",
-                "threads",
-                "impl",
-                "median (min–max)",
-                "elements/s",
-                "GB/s",
-                "% of roof",
-                "roof",
-                "vs naive",
+                ("row_len", |r| s(r.row_len)),
+                ("rows", |r| s(r.rows)),
+                THREADS,
+                IMPL_ISA,
+                TIME,
+                ("elements/s", |r| opt(r.elements_per_s, fmt_si)),
+                GBPS,
+                PCT_ROOF,
+                ROOF,
+                VS_NAIVE,
             ],
-            &rows,
-        );
-        out.push_str(
-            "_How to read: in-place softmax of rows × row_len floats (~1 MiB, L2-resident \
-             between calls). GB/s counts one read and one write per element; softmax is usually limited by exp, not memory, \
-             so % of the read roof well under 100 is expected. vs naive = scalar max/exp/sum/\
-             divide median / ours._\n\n",
+            "in-place softmax of rows × row_len floats (~1 MiB, L2-resident between calls). GB/s \
+             counts one read and one write per element; softmax is usually limited by exp, not \
+             memory, so % of the read roof well under 100 is expected. vs naive = scalar \
+             max/exp/sum/divide median / ours.",
         );
         notes(&mut out, &sm);
     }
 
     let at = by("attention");
     if !at.is_empty() {
-        out.push_str("## attention: one decode step\n\n");
-        let rows: Vec<Vec<String>> = at
-            .iter()
-            .map(|r| {
-                vec![
-                    attn_shape_cell(r),
-                    r.kv_dtype.clone().unwrap_or_default(),
-                    s(r.seq_len),
-                    s(r.threads),
-                    format!("{} {}", r.implementation, r.isa.as_deref().unwrap_or("")),
-                    time(r),
-                    opt(r.tokens_per_s, fmt_si),
-                    opt(r.gbps, fmt_num),
-                    pct(r.pct_peak),
-                    r.roof.clone().unwrap_or_else(|| "-".into()),
-                    ratio(r.vs_baseline),
-                ]
-            })
-            .collect();
-        table(
+        section(
             &mut out,
+            "attention: one decode step",
+            &at,
             &[
-                "shape",
-                "KV",
-                "seq_len",
-                "threads",
-                "impl",
-                "median (min–max)",
-                "tokens/s",
-                "GB/s",
-                "% of roof",
-                "roof",
-                "vs naive",
+                ("shape", attn_shape_cell),
+                KV_DTYPE,
+                ("seq_len", |r| s(r.seq_len)),
+                THREADS,
+                IMPL_ISA,
+                TIME,
+                TOKENS,
+                GBPS,
+                PCT_ROOF,
+                ROOF,
+                VS_NAIVE,
             ],
-            &rows,
-        );
-        out.push_str(
-            "_How to read: one step = append one token's K/V and attend on every layer; tokens/s \
-             = 1 / median (attention only — no projections or MLP). A step reads the whole KV \
-             cache once, so GB/s = KV bytes / median against the read roof of a working set \
-             that size; bf16 halves the bytes. vs naive = single-threaded scalar step / ours._\n\n",
+            "one step = append one token's K/V and attend on every layer; tokens/s = 1 / median \
+             (attention only — no projections or MLP). A step reads the whole KV cache once, so \
+             GB/s = KV bytes / median against the read roof of a working set that size; bf16 \
+             halves the bytes. vs naive = single-threaded scalar step / ours.",
         );
         notes(&mut out, &at);
     }
 
     let pf = by("prefill");
     if !pf.is_empty() {
-        out.push_str("## prefill: causal attention of a chunk\n\n");
-        let rows: Vec<Vec<String>> = pf
-            .iter()
-            .map(|r| {
-                vec![
-                    attn_shape_cell(r),
-                    r.kv_dtype.clone().unwrap_or_default(),
-                    s(r.chunk),
-                    s(r.threads),
-                    r.isa.clone().unwrap_or_default(),
-                    time(r),
-                    opt(r.tokens_per_s, fmt_si),
-                    opt(r.gflops, fmt_num),
-                    pct(r.pct_peak),
-                    r.roof.clone().unwrap_or_else(|| "-".into()),
-                ]
-            })
-            .collect();
-        table(
+        section(
             &mut out,
+            "prefill: causal attention of a chunk",
+            &pf,
             &[
-                "shape",
-                "KV",
-                "T",
-                "threads",
-                "isa",
-                "median (min–max)",
-                "tokens/s",
-                "GFLOP/s",
-                "% of roof",
-                "roof",
+                ("shape", attn_shape_cell),
+                KV_DTYPE,
+                ("T", |r| s(r.chunk)),
+                THREADS,
+                ("isa", |r| r.isa.clone().unwrap_or_default()),
+                TIME,
+                TOKENS,
+                GFLOPS,
+                PCT_ROOF,
+                ROOF,
             ],
-            &rows,
-        );
-        out.push_str(
-            "_How to read: attention of T new tokens into an empty cache (q·Kᵀ, masked softmax, \
-             P·V per head); GFLOP/s counts the causal pairs only (4·head_dim per pair), so it is \
-             compared with the FMA roof. tokens/s = T / median._\n\n",
+            "attention of T new tokens into an empty cache (q·Kᵀ, masked softmax, P·V per \
+             head); GFLOP/s counts the causal pairs only (4·head_dim per pair), so it is \
+             compared with the FMA roof. tokens/s = T / median.",
         );
     }
 
     let kv = by("kv-vs-recompute");
     if !kv.is_empty() {
-        out.push_str("## kv-vs-recompute: what the KV cache buys\n\n");
-        let rows: Vec<Vec<String>> = kv
-            .iter()
-            .map(|r| {
-                vec![
-                    format!("{} dm{}", attn_shape_cell(r), s(r.d_model)),
-                    s(r.seq_len),
-                    s(r.threads),
-                    r.implementation.clone(),
-                    time(r),
-                    opt(r.tokens_per_s, fmt_si),
-                    opt(r.gflops, fmt_num),
-                    opt(r.gbps, fmt_num),
-                    pct(r.pct_peak),
-                    r.roof.clone().unwrap_or_else(|| "-".into()),
+        section(
+            &mut out,
+            "kv-vs-recompute: what the KV cache buys",
+            &kv,
+            &[
+                ("shape", |r| {
+                    format!("{} dm{}", attn_shape_cell(r), s(r.d_model))
+                }),
+                ("context", |r| s(r.seq_len)),
+                THREADS,
+                ("impl", |r| r.implementation.clone()),
+                TIME,
+                TOKENS,
+                GFLOPS,
+                GBPS,
+                PCT_ROOF,
+                ROOF,
+                ("measured speed-up", |r| {
                     if r.implementation == "cached" {
                         ratio(r.vs_baseline)
                     } else {
                         "-".into()
-                    },
-                    ratio(r.flop_ratio),
-                ]
-            })
-            .collect();
-        table(
-            &mut out,
-            &[
-                "shape",
-                "context",
-                "threads",
-                "impl",
-                "median (min–max)",
-                "tokens/s",
-                "GFLOP/s",
-                "GB/s",
-                "% of roof",
-                "roof",
-                "measured speed-up",
-                "FLOP ratio",
+                    }
+                }),
+                ("FLOP ratio", |r| ratio(r.flop_ratio)),
             ],
-            &rows,
-        );
-        out.push_str(
-            "_How to read: per new token, `cached` projects only that token's q, k, v and \
-             attends over the cache; `recompute` re-projects K and V of the whole context, then \
-             attends. FLOP ratio = recompute FLOPs / cached FLOPs (what counting operations \
-             predicts); measured speed-up = recompute median / cached median._\n\n",
+            "per new token, `cached` projects only that token's q, k, v and attends over the \
+             cache; `recompute` re-projects K and V of the whole context, then attends. FLOP \
+             ratio = recompute FLOPs / cached FLOPs (what counting operations predicts); \
+             measured speed-up = recompute median / cached median.",
         );
         out.push_str(&kv_explanation(&kv));
     }
