@@ -1,40 +1,20 @@
 //! The computation of the `cat_sat_on_mat` example (decode/examples), run here through the
-//! same library calls and checked against numbers worked out by hand and against an f64
-//! recomputation: Q, K, V of every word, the scores of "mat", the softmax weights (unscaled and
+//! same inputs and steps (`decode::teaching`) and checked against numbers worked out by hand
+//! and against an f64 recomputation: Q, K, V of every word, the scores of "mat", the softmax weights (unscaled and
 //! scaled by 1/√d), the output, and the KV-cache decode of "mat" against recomputation.
 
 mod common;
 
 use common::exec_cases;
 use decode::reference::{attend_f64, layer_f64};
+use decode::teaching::{
+    D_MODEL, HEAD_DIM as D, SENTENCE, W_K, W_Q, W_V, attend, sentence_embeddings,
+};
 use decode::{
     AttentionLayer, CacheConfig, Exec, HeadConfig, KvCache, KvDtype, LayerConfig, LayerScratch,
     LayerWeights,
 };
-use kernels::{
-    GemmWorkspace, KvRows, MatMut, MatRef, SoftmaxOptions, accumulate_rows, dot_rows, gemm,
-    softmax_rows,
-};
-
-const D_MODEL: usize = 4;
-const D: usize = 3;
-
-fn embedding(word: &str) -> [f32; D_MODEL] {
-    match word {
-        "the" => [0.5, 0.8, 0.1, 0.3],
-        "cat" => [1.0, 0.2, 0.5, 0.1],
-        "sat" => [0.3, 1.0, 0.2, 0.4],
-        "on" => [0.6, 0.4, 0.7, 0.5],
-        "mat" => [0.8, 0.1, 0.9, 0.2],
-        other => panic!("{other} is not in the vocabulary"),
-    }
-}
-
-const SENTENCE: [&str; 6] = ["the", "cat", "sat", "on", "the", "mat"];
-
-const W_Q: [f32; 12] = [0.2, 0.1, 0.3, 0.4, 0.2, 0.1, 0.1, 0.5, 0.2, 0.3, 0.1, 0.4];
-const W_K: [f32; 12] = [0.3, 0.2, 0.1, 0.1, 0.4, 0.3, 0.2, 0.1, 0.5, 0.4, 0.3, 0.2];
-const W_V: [f32; 12] = [0.1, 0.3, 0.2, 0.2, 0.1, 0.4, 0.5, 0.2, 0.1, 0.3, 0.4, 0.3];
+use kernels::GemmWorkspace;
 
 /// Worked by hand (exact in decimal): q, k, v of "the", "cat", "sat", "on", "the", "mat".
 const Q_HAND: [[f64; 3]; 6] = [
@@ -71,36 +51,11 @@ const WEIGHTS_PLAIN: [f64; 6] = [0.158350, 0.151473, 0.176533, 0.188144, 0.15835
 const OUTPUT_SCALED: [f64; 3] = [0.473595, 0.445025, 0.476564];
 
 fn inputs() -> Vec<f32> {
-    SENTENCE.iter().flat_map(|w| embedding(w)).collect()
+    sentence_embeddings()
 }
 
 fn project(exec: &Exec, x: &[f32], w: &[f32]) -> Vec<f32> {
-    let rows = x.len() / D_MODEL;
-    let mut out = vec![0.0; rows * D];
-    gemm(
-        exec,
-        1.0,
-        MatRef::row_major(x, rows, D_MODEL).unwrap(),
-        MatRef::row_major(w, D_MODEL, D).unwrap(),
-        0.0,
-        &mut MatMut::row_major(&mut out, rows, D).unwrap(),
-        &mut GemmWorkspace::new(),
-    )
-    .unwrap();
-    out
-}
-
-/// Scores, softmax weights and output of one query over the keys and values (the example's
-/// `attend`).
-fn attend(exec: &Exec, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> [Vec<f32>; 3] {
-    let n = k.len() / D;
-    let mut scores = vec![0.0; n];
-    dot_rows(exec, q, KvRows::F32(k), scale, &mut scores).unwrap();
-    let mut weights = scores.clone();
-    softmax_rows(exec, &mut weights, n, SoftmaxOptions::default()).unwrap();
-    let mut output = vec![0.0; D];
-    accumulate_rows(exec, &weights, KvRows::F32(v), &mut output).unwrap();
-    [scores, weights, output]
+    decode::teaching::project(exec, x, w, &mut GemmWorkspace::new()).unwrap()
 }
 
 /// f64 softmax.
@@ -181,16 +136,16 @@ fn scores_weights_and_output_of_mat() {
             );
             let q_mat = &q[5 * D..];
             (
-                attend(&case.exec, q_mat, &k, &v, 1.0),
-                attend(&case.exec, q_mat, &k, &v, scale as f32),
+                attend(&case.exec, q_mat, &k, &v, 1.0).unwrap(),
+                attend(&case.exec, q_mat, &k, &v, scale as f32).unwrap(),
             )
         });
-        let [scores, weights, output] = &plain;
+        let (scores, weights, output) = (&plain.scores, &plain.weights, &plain.output);
         assert_close(&format!("scores {case}"), scores, &SCORES_HAND, 1e-6);
         assert_close(&format!("weights {case}"), weights, &w_plain, 1e-6);
         assert_close(&format!("output {case}"), output, &out_plain, 1e-6);
 
-        let [scores, weights, output] = &scaled;
+        let (scores, weights, output) = (&scaled.scores, &scaled.weights, &scaled.output);
         let want_scores = SCORES_HAND.map(|s| s * scale);
         assert_close(&format!("scaled scores {case}"), scores, &want_scores, 1e-6);
         assert_close(&format!("scaled weights {case}"), weights, &w_scaled, 1e-6);
@@ -221,7 +176,7 @@ fn scores_weights_and_output_of_mat() {
         assert_eq!((SENTENCE[argmax], SENTENCE[argmin]), ("on", "cat"));
         assert_eq!(weights[0], weights[4]);
         let spread = |w: &[f32]| w[argmax] - w[argmin];
-        assert!(spread(weights) < spread(&plain[1]));
+        assert!(spread(weights) < spread(&plain.weights));
     }
 }
 
@@ -296,8 +251,9 @@ fn kv_cache_decode_of_mat_equals_recompute() {
                 project(&case.exec, &x, &W_K),
                 project(&case.exec, &x, &W_V),
             );
-            let [_, _, recompute] =
-                attend(&case.exec, &q[5 * D..], &k, &v, 1.0 / (D as f32).sqrt());
+            let recompute = attend(&case.exec, &q[5 * D..], &k, &v, 1.0 / (D as f32).sqrt())
+                .unwrap()
+                .output;
             (outs, recompute)
         });
         let diff = outs[5]

@@ -8,102 +8,22 @@
 //!
 //! Run with `cargo run --release -p decode --example cat_sat_on_mat`.
 
+use decode::teaching::{
+    Attention, D_MODEL, HEAD_DIM as D, SENTENCE, W_K, W_Q, W_V, attend, project,
+    sentence_embeddings,
+};
 use decode::{
     AttentionLayer, CacheConfig, Exec, HeadConfig, KvCache, KvDtype, LayerConfig, LayerScratch,
     LayerWeights,
 };
-use kernels::{
-    GemmWorkspace, KvRows, MatMut, MatRef, SoftmaxOptions, accumulate_rows, dot_rows, gemm,
-    softmax_rows,
-};
-
-/// Embedding width.
-const D_MODEL: usize = 4;
-/// Head size (columns of W_Q, W_K, W_V).
-const D: usize = 3;
-
-const VOCAB: [(&str, [f32; D_MODEL]); 5] = [
-    ("the", [0.5, 0.8, 0.1, 0.3]),
-    ("cat", [1.0, 0.2, 0.5, 0.1]),
-    ("sat", [0.3, 1.0, 0.2, 0.4]),
-    ("on", [0.6, 0.4, 0.7, 0.5]),
-    ("mat", [0.8, 0.1, 0.9, 0.2]),
-];
-
-const SENTENCE: [&str; 6] = ["the", "cat", "sat", "on", "the", "mat"];
-
-/// Row-major 4×3 weights (one row per embedding dimension).
-const W_Q: [f32; D_MODEL * D] = [
-    0.2, 0.1, 0.3, //
-    0.4, 0.2, 0.1, //
-    0.1, 0.5, 0.2, //
-    0.3, 0.1, 0.4,
-];
-const W_K: [f32; D_MODEL * D] = [
-    0.3, 0.2, 0.1, //
-    0.1, 0.4, 0.3, //
-    0.2, 0.1, 0.5, //
-    0.4, 0.3, 0.2,
-];
-const W_V: [f32; D_MODEL * D] = [
-    0.1, 0.3, 0.2, //
-    0.2, 0.1, 0.4, //
-    0.5, 0.2, 0.1, //
-    0.3, 0.4, 0.3,
-];
+use kernels::GemmWorkspace;
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
-
-fn embedding(word: &str) -> [f32; D_MODEL] {
-    VOCAB
-        .iter()
-        .find(|(w, _)| *w == word)
-        .map(|(_, e)| *e)
-        .expect("word in the vocabulary")
-}
 
 /// `[ 0.5200  0.2900  0.3700]`
 fn fmt_vec(v: &[f32]) -> String {
     let cells: Vec<String> = v.iter().map(|x| format!("{x:7.4}")).collect();
     format!("[{}]", cells.join(" "))
-}
-
-/// `rows × D` = `x (rows × D_MODEL)` · `w (D_MODEL × D)`, with the library's GEMM.
-fn project(exec: &Exec, x: &[f32], w: &[f32], ws: &mut GemmWorkspace) -> Res<Vec<f32>> {
-    let rows = x.len() / D_MODEL;
-    let mut out = vec![0.0; rows * D];
-    gemm(
-        exec,
-        1.0,
-        MatRef::row_major(x, rows, D_MODEL)?,
-        MatRef::row_major(w, D_MODEL, D)?,
-        0.0,
-        &mut MatMut::row_major(&mut out, rows, D)?,
-        ws,
-    )?;
-    Ok(out)
-}
-
-/// Scores of `q` against every key row, their softmax, and the weighted sum of the values.
-struct Attention {
-    scores: Vec<f32>,
-    weights: Vec<f32>,
-    output: Vec<f32>,
-}
-
-fn attend(exec: &Exec, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> Res<Attention> {
-    let n = k.len() / D;
-    let mut scores = vec![0.0; n];
-    dot_rows(exec, q, KvRows::F32(k), scale, &mut scores)?;
-    let mut weights = scores.clone();
-    softmax_rows(exec, &mut weights, n, SoftmaxOptions::default())?;
-    let mut output = vec![0.0; D];
-    accumulate_rows(exec, &weights, KvRows::F32(v), &mut output)?;
-    Ok(Attention {
-        scores,
-        weights,
-        output,
-    })
 }
 
 fn print_attention(a: &Attention, score_label: &str) {
@@ -132,7 +52,7 @@ fn main() -> Res {
     println!("Step 1. Every word starts as an embedding: {D_MODEL} numbers learned in training.");
     println!("        (\"the\" appears twice and gets the same embedding both times.)");
     println!();
-    let x: Vec<f32> = SENTENCE.iter().flat_map(|w| embedding(w)).collect();
+    let x = sentence_embeddings();
     println!("      #  word   embedding x");
     for (i, word) in SENTENCE.iter().enumerate() {
         println!(

@@ -40,6 +40,7 @@ mod error;
 mod layer;
 pub mod reference;
 mod rope;
+pub mod teaching;
 pub use attention::{
     DecodeOptions, DecodeScratch, HeadConfig, MIN_SPLIT, PrefillScratch, choose_splits,
     decode_attention, prefill_attention, visible,
