@@ -6,6 +6,7 @@ use crate::error::{HarnessError, Result};
 use crate::measure::MeasureOpts;
 use crate::peak::RoofSizes;
 use crate::sweep::{self, MatShape};
+use decode::bench::AttnShape;
 use kernels::{Isa, KvDtype};
 use std::path::PathBuf;
 
@@ -80,23 +81,14 @@ impl Suite {
     }
 }
 
-/// One attention shape of a sweep.
+/// One attention shape of a sweep: the decode crate's workload shape, plus what the harness
+/// needs around it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttnSpec {
     /// Preset name, or `custom`.
     pub label: String,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads.
-    pub kv_heads: usize,
-    /// Elements per head.
-    pub head_dim: usize,
-    /// Layers per step.
-    pub layers: usize,
-    /// KV element type.
-    pub dtype: KvDtype,
-    /// Sliding window.
-    pub window: Option<usize>,
+    /// Heads, head size, layers, KV element type and window.
+    pub shape: AttnShape,
     /// Model width (K/V projections of kv-vs-recompute).
     pub d_model: usize,
 }
@@ -104,15 +96,12 @@ pub struct AttnSpec {
 impl AttnSpec {
     /// KV cache bytes per token: `2 × layers × kv_heads × head_dim × dtype bytes`.
     pub fn kv_bytes_per_token(&self) -> u64 {
-        2 * self.layers as u64
-            * self.kv_heads as u64
-            * self.head_dim as u64
-            * self.dtype.bytes() as u64
+        self.shape.kv_bytes_per_token() as u64
     }
 
     /// Tokens the cache holds at context `seq_len` (the window caps it).
     pub fn cached_tokens(&self, seq_len: usize) -> usize {
-        self.window.map_or(seq_len, |w| seq_len.min(w))
+        self.shape.window.map_or(seq_len, |w| seq_len.min(w))
     }
 
     /// KV cache bytes at context `seq_len`.
@@ -122,11 +111,12 @@ impl AttnSpec {
 
     /// `h32/kv8/d128×L1` style description.
     pub fn describe(&self) -> String {
+        let a = &self.shape;
         let mut s = format!(
             "h{}/kv{}/d{}×L{}",
-            self.heads, self.kv_heads, self.head_dim, self.layers
+            a.heads, a.kv_heads, a.head_dim, a.layers
         );
-        if let Some(w) = self.window {
+        if let Some(w) = a.window {
             s.push_str(&format!(" w{w}"));
         }
         s
@@ -246,12 +236,14 @@ fn attn_specs(s: &ShapeArgs, d: &AttnDefaults) -> Result<Vec<AttnSpec>, String> 
                         for &dtype in &dtypes {
                             out.push(AttnSpec {
                                 label: base.map_or("custom", |p| p.name).to_string(),
-                                heads: h,
-                                kv_heads: k,
-                                head_dim: dim,
-                                layers: l,
-                                dtype,
-                                window: s.window.or(base.and_then(|p| p.window)),
+                                shape: AttnShape {
+                                    heads: h,
+                                    kv_heads: k,
+                                    head_dim: dim,
+                                    layers: l,
+                                    dtype,
+                                    window: s.window.or(base.and_then(|p| p.window)),
+                                },
                                 d_model: s.d_model.unwrap_or_else(|| match base {
                                     Some(p) if h == p.heads && dim == p.head_dim => p.d_model,
                                     _ => h * dim,
@@ -502,7 +494,12 @@ mod tests {
             .find(|a| a.label == "mistral-7b")
             .unwrap();
         assert_eq!(
-            (m.heads, m.kv_heads, m.layers, m.window),
+            (
+                m.shape.heads,
+                m.shape.kv_heads,
+                m.shape.layers,
+                m.shape.window
+            ),
             (32, 8, 1, Some(4096))
         );
         assert_eq!(m.d_model, 4096);

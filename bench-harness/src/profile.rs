@@ -8,7 +8,7 @@ use crate::config::{self, Suite};
 use crate::error::{HarnessError, Result};
 use crate::measure::fmt_time;
 use crate::runner::{dec, exec_for, random_vec};
-use crate::suites::{attn_shape, matmul::b_strides};
+use crate::suites::matmul::b_strides;
 use decode::bench::{DecodeBench, PrefillBench, RecomputeBench};
 use kernels::{GemmWorkspace, MatMut, MatRef, SoftmaxOptions, gemm, softmax_rows};
 use std::io::Write;
@@ -113,25 +113,25 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
         Suite::Attention => {
             let s = cfg.attention[0].clone();
             let len = cfg.seq_lens[0];
-            let mut bench = DecodeBench::new(attn_shape(&s), len).map_err(dec)?;
+            let mut bench = DecodeBench::new(s.shape, len).map_err(dec)?;
             (
-                format!("attention {} {} seq_len {len}", s.describe(), s.dtype),
+                format!("attention {} {} seq_len {len}", s.describe(), s.shape.dtype),
                 Box::new(move || bench.step(&exec).map_err(dec)),
             )
         }
         Suite::Prefill => {
             let s = cfg.prefill[0].clone();
             let chunk = cfg.chunks[0];
-            let mut bench = PrefillBench::new(attn_shape(&s), chunk).map_err(dec)?;
+            let mut bench = PrefillBench::new(s.shape, chunk).map_err(dec)?;
             (
-                format!("prefill {} {} T={chunk}", s.describe(), s.dtype),
+                format!("prefill {} {} T={chunk}", s.describe(), s.shape.dtype),
                 Box::new(move || bench.run(&exec).map_err(dec)),
             )
         }
         Suite::KvVsRecompute => {
             let s = cfg.recompute[0].clone();
             let c = cfg.contexts[0];
-            let mut bench = RecomputeBench::new(attn_shape(&s), s.d_model, c).map_err(dec)?;
+            let mut bench = RecomputeBench::new(s.shape, s.d_model, c).map_err(dec)?;
             if p.suite.trim().eq_ignore_ascii_case("recompute") {
                 (
                     format!(

@@ -102,7 +102,12 @@ fn parses_lists_ranges_and_presets() {
     assert_eq!(c.attention.len(), 2);
     let a = &c.attention[0];
     assert_eq!(
-        (a.heads, a.kv_heads, a.head_dim, a.layers),
+        (
+            a.shape.heads,
+            a.shape.kv_heads,
+            a.shape.head_dim,
+            a.shape.layers
+        ),
         (32, 8, 128, 32)
     );
 
@@ -121,9 +126,9 @@ fn parses_lists_ranges_and_presets() {
     assert_eq!(c.row_lens, vec![64, 128, 192, 256]);
 
     let c = config(&["--preset", "mistral-7b", "memory"]).unwrap();
-    assert_eq!(c.memory[0].window, Some(4096));
+    assert_eq!(c.memory[0].shape.window, Some(4096));
     let c = config(&["--preset", "llama2-7b,gpt3-175b,tiny", "attention"]).unwrap();
-    let layers: Vec<usize> = c.attention.iter().map(|a| a.layers).collect();
+    let layers: Vec<usize> = c.attention.iter().map(|a| a.shape.layers).collect();
     assert_eq!(layers, vec![32, 32, 96, 96, 2, 2]);
 
     // `run` subcommand and the default job.

@@ -4,7 +4,7 @@
 //! so it is compared with a plain sum over exactly the bytes it reads, timed in the same run on
 //! the same threads.
 
-use super::{attn_fields, attn_shape};
+use super::attn_fields;
 use crate::config::{AttnSpec, RunConfig};
 use crate::error::Result;
 use crate::record::Record;
@@ -22,8 +22,8 @@ pub fn count(cfg: &RunConfig) -> u64 {
 /// Bytes a [`DecodeBench`] allocates, plus the f32 K/V it is filled from.
 pub fn bench_bytes(s: &AttnSpec, seq_len: usize) -> u64 {
     let fill = s.cached_tokens(seq_len) as u64;
-    let source = 2 * 4 * fill * (s.kv_heads as u64) * (s.head_dim as u64);
-    (estimate_bytes(&attn_shape(s), seq_len) as u64).saturating_add(source)
+    let source = 2 * 4 * fill * (s.shape.kv_heads as u64) * (s.shape.head_dim as u64);
+    (estimate_bytes(&s.shape, seq_len) as u64).saturating_add(source)
 }
 
 /// Bytes allocated per configuration.
@@ -32,7 +32,7 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
     for s in &cfg.attention {
         for &len in &cfg.seq_lens {
             v.push((
-                format!("attention {} {} seq_len {len}", s.describe(), s.dtype),
+                format!("attention {} {} seq_len {len}", s.describe(), s.shape.dtype),
                 bench_bytes(s, len),
             ));
         }
@@ -42,7 +42,8 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
 
 /// Useful FLOPs of one step: q·k and p·v over every cached token, all heads and layers.
 pub fn step_flops(s: &AttnSpec, tokens: usize) -> f64 {
-    4.0 * s.layers as f64 * s.heads as f64 * tokens as f64 * s.head_dim as f64
+    let a = &s.shape;
+    4.0 * a.layers as f64 * a.heads as f64 * tokens as f64 * a.head_dim as f64
 }
 
 fn fill_rates(
@@ -75,9 +76,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for s in &cfg.attention {
         for &len in &cfg.seq_lens {
-            let name = format!("attention {} {} {len}", s.describe(), s.dtype);
+            let name = format!("attention {} {} {len}", s.describe(), s.shape.dtype);
             ctx.bar.set_message(format!("{name}: filling the cache"));
-            let mut bench = DecodeBench::new(attn_shape(s), len).map_err(dec)?;
+            let mut bench = DecodeBench::new(s.shape, len).map_err(dec)?;
             let kv_bytes = bench.kv_bytes_per_step() as u64;
             let mut template = Record {
                 seq_len: Some(len),

@@ -8,7 +8,7 @@
 //! bound), while recomputing turns the same weights into a GEMM over C tokens that runs near
 //! the FMA roof. The records carry the FLOP ratio next to the measured speed-up.
 
-use super::{attn_fields, attn_shape, mul3};
+use super::{attn_fields, mul3};
 use crate::config::{AttnSpec, RunConfig};
 use crate::error::Result;
 use crate::record::Record;
@@ -21,7 +21,8 @@ pub fn count(cfg: &RunConfig) -> u64 {
 }
 
 fn dims(s: &AttnSpec) -> (usize, usize) {
-    (s.heads * s.head_dim, s.kv_heads * s.head_dim)
+    let a = &s.shape;
+    (a.heads * a.head_dim, a.kv_heads * a.head_dim)
 }
 
 /// Bytes allocated per configuration: the decode bench, embeddings, weights, recomputed K/V.
@@ -59,8 +60,9 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
 /// projects q of the new token and k, v of all `c + 1` tokens, and attends, on every layer.
 pub fn token_flops(s: &AttnSpec, c: usize) -> (f64, f64) {
     let (qn, kn) = dims(s);
-    let (dm, n, l) = (s.d_model as f64, (c + 1) as f64, s.layers as f64);
-    let attend = 4.0 * s.heads as f64 * n * s.head_dim as f64;
+    let a = &s.shape;
+    let (dm, n, l) = (s.d_model as f64, (c + 1) as f64, a.layers as f64);
+    let attend = 4.0 * a.heads as f64 * n * a.head_dim as f64;
     let cached = l * (2.0 * dm * (qn + 2 * kn) as f64 + attend);
     let recompute = l * (2.0 * dm * qn as f64 + 2.0 * n * dm * (2 * kn) as f64 + attend);
     (cached, recompute)
@@ -70,7 +72,7 @@ pub fn token_flops(s: &AttnSpec, c: usize) -> (f64, f64) {
 /// cache.
 pub fn cached_bytes(s: &AttnSpec, c: usize) -> u64 {
     let (qn, kn) = dims(s);
-    4 * mul3(s.d_model, qn + 2 * kn, s.layers) + s.kv_bytes(c + 1)
+    4 * mul3(s.d_model, qn + 2 * kn, s.shape.layers) + s.kv_bytes(c + 1)
 }
 
 /// Runs the suite.
@@ -81,7 +83,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
         for &c in &cfg.contexts {
             let name = format!("kv-vs-recompute {} C={c}", s.describe());
             ctx.bar.set_message(format!("{name}: building"));
-            let mut bench = RecomputeBench::new(attn_shape(s), s.d_model, c).map_err(dec)?;
+            let mut bench = RecomputeBench::new(s.shape, s.d_model, c).map_err(dec)?;
             let (f_cached, f_recompute) = token_flops(s, c);
             let bytes = cached_bytes(s, c);
             let mut template = Record {

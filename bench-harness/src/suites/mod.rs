@@ -10,7 +10,6 @@ pub mod prefill;
 pub mod softmax;
 
 use crate::config::{AttnSpec, RunConfig, Suite};
-use decode::bench::AttnShape;
 
 /// Measurements `suite` will take with `cfg` (for the progress bar).
 pub fn count(suite: Suite, cfg: &RunConfig) -> u64 {
@@ -37,27 +36,16 @@ pub fn estimates(suite: Suite, cfg: &RunConfig) -> Vec<(String, u64)> {
     }
 }
 
-/// The decode crate's shape for a spec.
-pub fn attn_shape(s: &AttnSpec) -> AttnShape {
-    AttnShape {
-        heads: s.heads,
-        kv_heads: s.kv_heads,
-        head_dim: s.head_dim,
-        layers: s.layers,
-        dtype: s.dtype,
-        window: s.window,
-    }
-}
-
 /// Fills the attention-shape fields of a record.
 pub fn attn_fields(r: &mut crate::record::Record, s: &AttnSpec) {
+    let a = &s.shape;
     r.shape = Some(s.label.clone());
-    r.heads = Some(s.heads);
-    r.kv_heads = Some(s.kv_heads);
-    r.head_dim = Some(s.head_dim);
-    r.layers = Some(s.layers);
-    r.kv_dtype = Some(s.dtype.name().into());
-    r.window = s.window;
+    r.heads = Some(a.heads);
+    r.kv_heads = Some(a.kv_heads);
+    r.head_dim = Some(a.head_dim);
+    r.layers = Some(a.layers);
+    r.kv_dtype = Some(a.dtype.name().into());
+    r.window = a.window;
 }
 
 /// `a · b · c` in u64, saturating (estimates of absurd sizes must not wrap).

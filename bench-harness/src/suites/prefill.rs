@@ -2,7 +2,7 @@
 //! count. Prefill is matrix-shaped (q·Kᵀ and P·V over the chunk), so it is compared with the
 //! FMA roof.
 
-use super::{attn_fields, attn_shape, mul3};
+use super::{attn_fields, mul3};
 use crate::config::{AttnSpec, RunConfig};
 use crate::error::Result;
 use crate::record::Record;
@@ -17,11 +17,12 @@ pub fn count(cfg: &RunConfig) -> u64 {
 /// Bytes allocated per configuration: cache, q/k/v/out, and the per-tile keys, values and
 /// scores.
 pub fn bench_bytes(s: &AttnSpec, chunk: usize) -> u64 {
-    let qn = s.heads * s.head_dim;
-    let kn = s.kv_heads * s.head_dim;
+    let a = &s.shape;
+    let qn = a.heads * a.head_dim;
+    let kn = a.kv_heads * a.head_dim;
     let io = 4 * mul3(chunk, 2 * qn + 2 * kn, 1);
-    let scratch = 4 * (mul3(2 * chunk, s.head_dim, 1) + mul3(chunk, chunk.min(1024), 1));
-    (estimate_bytes(&attn_shape(s), chunk) as u64)
+    let scratch = 4 * (mul3(2 * chunk, a.head_dim, 1) + mul3(chunk, chunk.min(1024), 1));
+    (estimate_bytes(&s.shape, chunk) as u64)
         .saturating_add(io)
         .saturating_add(scratch)
 }
@@ -32,7 +33,7 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
     for s in &cfg.prefill {
         for &c in &cfg.chunks {
             v.push((
-                format!("prefill {} {} chunk {c}", s.describe(), s.dtype),
+                format!("prefill {} {} chunk {c}", s.describe(), s.shape.dtype),
                 bench_bytes(s, c),
             ));
         }
@@ -43,11 +44,12 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
 /// Useful FLOPs of causal attention over `t` tokens: each query scores and mixes the keys up
 /// to itself (t(t+1)/2 pairs per head), 4·head_dim flops per pair.
 pub fn prefill_flops(s: &AttnSpec, t: usize) -> f64 {
-    let pairs = match s.window {
+    let a = &s.shape;
+    let pairs = match a.window {
         Some(w) if w < t => (w * (w + 1) / 2 + (t - w) * w) as f64,
         _ => (t as f64) * (t as f64 + 1.0) / 2.0,
     };
-    4.0 * s.layers as f64 * s.heads as f64 * s.head_dim as f64 * pairs
+    4.0 * a.layers as f64 * a.heads as f64 * a.head_dim as f64 * pairs
 }
 
 /// Runs the suite.
@@ -56,13 +58,16 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for s in &cfg.prefill {
         for &chunk in &cfg.chunks {
-            let mut bench = PrefillBench::new(attn_shape(s), chunk).map_err(dec)?;
+            let mut bench = PrefillBench::new(s.shape, chunk).map_err(dec)?;
             let flops = prefill_flops(s, chunk);
             for &isa in &cfg.isas {
                 let exec = exec_for(isa)?;
                 for &t in &cfg.threads {
-                    let label =
-                        format!("prefill {} {} T={chunk} {isa} {t}t", s.describe(), s.dtype);
+                    let label = format!(
+                        "prefill {} {} T={chunk} {isa} {t}t",
+                        s.describe(),
+                        s.shape.dtype
+                    );
                     let st = ctx.time(t, &label, || bench.run(&exec).map_err(dec))?;
                     let mut r = Record {
                         seq_len: Some(chunk),
