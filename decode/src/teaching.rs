@@ -3,7 +3,7 @@
 //! numbers worked out by hand): six tokens with 4-number embeddings, one attention head of size
 //! 3, and hand-picked weights, small enough to check with pencil and paper.
 
-use crate::error::Result;
+use crate::error::{Result, check_eq};
 use kernels::{
     Exec, GemmWorkspace, KvRows, MatMut, MatRef, SoftmaxOptions, accumulate_rows, dot_rows, gemm,
     softmax_rows,
@@ -64,6 +64,16 @@ pub fn sentence_embeddings() -> Vec<f32> {
 /// `x (rows × D_MODEL) · w (D_MODEL × HEAD_DIM)`, with the library's GEMM.
 pub fn project(exec: &Exec, x: &[f32], w: &[f32], ws: &mut GemmWorkspace) -> Result<Vec<f32>> {
     let rows = x.len() / D_MODEL;
+    check_eq(
+        "x length vs a whole number of embeddings",
+        rows * D_MODEL,
+        x.len(),
+    )?;
+    check_eq(
+        "w length vs D_MODEL × HEAD_DIM",
+        D_MODEL * HEAD_DIM,
+        w.len(),
+    )?;
     let mut out = vec![0.0; rows * HEAD_DIM];
     gemm(
         exec,
@@ -92,6 +102,13 @@ pub struct Attention {
 /// softmax, and the weighted sum of the value rows `v`, with the library's kernels.
 pub fn attend(exec: &Exec, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> Result<Attention> {
     let n = k.len() / HEAD_DIM;
+    check_eq("q length vs HEAD_DIM", HEAD_DIM, q.len())?;
+    check_eq(
+        "k length vs a whole number of key rows",
+        n * HEAD_DIM,
+        k.len(),
+    )?;
+    check_eq("v length vs k length", k.len(), v.len())?;
     let mut scores = vec![0.0; n];
     dot_rows(exec, q, KvRows::F32(k), scale, &mut scores)?;
     let mut weights = scores.clone();
