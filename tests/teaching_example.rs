@@ -10,10 +10,7 @@ use decode::reference::{attend_f64, layer_f64};
 use decode::teaching::{
     D_MODEL, HEAD_DIM as D, SENTENCE, W_K, W_Q, W_V, attend, sentence_embeddings,
 };
-use decode::{
-    AttentionLayer, CacheConfig, Exec, HeadConfig, KvCache, KvDtype, LayerConfig, LayerScratch,
-    LayerWeights,
-};
+use decode::{AttentionLayer, CacheConfig, Exec, KvCache, KvDtype, LayerScratch};
 use kernels::GemmWorkspace;
 
 /// Worked by hand (exact in decimal): q, k, v of "the", "cat", "sat", "on", "the", "mat".
@@ -183,22 +180,7 @@ fn scores_weights_and_output_of_mat() {
 #[test]
 fn kv_cache_decode_of_mat_equals_recompute() {
     let x = inputs();
-    let heads = HeadConfig {
-        heads: 1,
-        kv_heads: 1,
-        head_dim: D,
-    };
-    let cfg = LayerConfig {
-        d_model: D_MODEL,
-        heads,
-        rope: None,
-    };
-    let weights = LayerWeights {
-        w_q: W_Q.to_vec(),
-        w_k: W_K.to_vec(),
-        w_v: W_V.to_vec(),
-        w_o: None,
-    };
+    let (cfg, weights) = decode::teaching::layer();
     let layer = AttentionLayer::new(cfg, weights.clone()).unwrap();
     // Every token's output recomputed without a cache, in f64.
     let reference = layer_f64(&cfg, &weights, &x, 8, 0);

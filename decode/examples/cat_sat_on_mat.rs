@@ -12,10 +12,7 @@ use decode::teaching::{
     Attention, D_MODEL, HEAD_DIM as D, SENTENCE, W_K, W_Q, W_V, attend, project,
     sentence_embeddings,
 };
-use decode::{
-    AttentionLayer, CacheConfig, Exec, HeadConfig, KvCache, KvDtype, LayerConfig, LayerScratch,
-    LayerWeights,
-};
+use decode::{AttentionLayer, CacheConfig, Exec, KvCache, KvDtype, LayerScratch};
 use kernels::GemmWorkspace;
 
 type Res<T = ()> = Result<T, Box<dyn std::error::Error>>;
@@ -120,25 +117,8 @@ fn main() -> Res {
     println!("        tokens never change, so they are computed once and kept in a KV cache: each");
     println!("        new token computes only its own q, k, v and attends over the cache.");
     println!();
-    let heads = HeadConfig {
-        heads: 1,
-        kv_heads: 1,
-        head_dim: D,
-    };
-    let cfg = LayerConfig {
-        d_model: D_MODEL,
-        heads,
-        rope: None,
-    };
-    let layer = AttentionLayer::new(
-        cfg,
-        LayerWeights {
-            w_q: W_Q.to_vec(),
-            w_k: W_K.to_vec(),
-            w_v: W_V.to_vec(),
-            w_o: None,
-        },
-    )?;
+    let (cfg, weights) = decode::teaching::layer();
+    let layer = AttentionLayer::new(cfg, weights)?;
     let mut cache = KvCache::new(CacheConfig {
         layers: 1,
         kv_heads: 1,

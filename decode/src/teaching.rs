@@ -3,7 +3,9 @@
 //! numbers worked out by hand): six tokens with 4-number embeddings, one attention head of size
 //! 3, and hand-picked weights, small enough to check with pencil and paper.
 
+use crate::attention::HeadConfig;
 use crate::error::{Result, check_eq};
+use crate::layer::{LayerConfig, LayerWeights};
 use kernels::{
     Exec, GemmWorkspace, KvRows, MatMut, MatRef, SoftmaxOptions, accumulate_rows, dot_rows, gemm,
     softmax_rows,
@@ -120,4 +122,24 @@ pub fn attend(exec: &Exec, q: &[f32], k: &[f32], v: &[f32], scale: f32) -> Resul
         weights,
         output,
     })
+}
+
+/// The walkthrough as a one-head attention layer (d_model 4, head size 3, no RoPE, no W_O).
+pub fn layer() -> (LayerConfig, LayerWeights) {
+    let config = LayerConfig {
+        d_model: D_MODEL,
+        heads: HeadConfig {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: HEAD_DIM,
+        },
+        rope: None,
+    };
+    let weights = LayerWeights {
+        w_q: W_Q.to_vec(),
+        w_k: W_K.to_vec(),
+        w_v: W_V.to_vec(),
+        w_o: None,
+    };
+    (config, weights)
 }
