@@ -347,7 +347,8 @@ unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
         while i + 8 * lanes <= full {
             let mut part = [s.zero(), s.zero()];
             for u in 0..8 {
-                let e = s.exp2(exponent::<S, SPLIT>(s, s.load(src.add(i + u * lanes)), k));
+                let e =
+                    s.exp2_nonpositive(exponent::<S, SPLIT>(s, s.load(src.add(i + u * lanes)), k));
                 s.store(dst.add(i + u * lanes), e);
                 part[u % 2] = s.add(part[u % 2], e);
             }
@@ -356,13 +357,13 @@ unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
             i += 8 * lanes;
         }
         while i < full {
-            let e = s.exp2(exponent::<S, SPLIT>(s, s.load(src.add(i)), k));
+            let e = s.exp2_nonpositive(exponent::<S, SPLIT>(s, s.load(src.add(i)), k));
             s.store(dst.add(i), e);
             acc[0] = s.acc64_add(acc[0], e);
             i += lanes;
         }
         if full < n {
-            let e = s.exp2(exponent::<S, SPLIT>(
+            let e = s.exp2_nonpositive(exponent::<S, SPLIT>(
                 s,
                 load_padded(s, src.add(full), n - full),
                 k,

@@ -30,7 +30,8 @@ pub enum Isa {
     Portable,
     /// 256-bit AVX2 with FMA, selected at run time.
     Avx2,
-    /// 512-bit AVX-512F, selected at run time.
+    /// 512-bit AVX-512 (F and DQ, which every AVX-512 CPU but the Xeon Phi line has), selected
+    /// at run time.
     Avx512,
 }
 

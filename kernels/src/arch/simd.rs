@@ -102,6 +102,12 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// `2^t` lane-wise, the cheaper exponential softmax uses (its caller folds log₂e into the
     /// logit scale, so no Cody–Waite reduction is needed): see `exp2_consts`.
     fn exp2(self, t: Self::V) -> Self::V;
+    /// [`exp2`](Self::exp2) for `t ≤ 0`, −∞ or NaN (what softmax feeds it), which lets a path
+    /// skip the upper clamp. Larger `t` may give wrong results.
+    #[inline(always)]
+    fn exp2_nonpositive(self, t: Self::V) -> Self::V {
+        self.exp2(t)
+    }
 
     /// An all-zero f64 accumulator.
     fn acc64_zero(self) -> Self::Acc64;
