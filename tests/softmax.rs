@@ -115,6 +115,28 @@ fn random_rows_against_reference() {
     }
 }
 
+/// Logits far from 0 shift every exponent by the same large amount: rows whose max·scale·log₂e
+/// lies on either side of the limit below which the row softmax fuses its exponent into one
+/// FMA (2¹⁶), at several scales, against the f64 reference.
+#[test]
+fn offset_logits_around_the_fused_exponent_limit() {
+    let mut rng = rng(26);
+    for exec in isa_execs() {
+        for scale in [1.0f32, 0.125, 3.0] {
+            for offset in [0.0f32, -1e3, 1e3, 1e4, 4.5e4, 4.6e4, 1.8e5, 1e6] {
+                let len = 203;
+                let row: Vec<f32> = (0..len)
+                    .map(|_| offset + rng.random_range(-10.0..=10.0))
+                    .collect();
+                let out = softmax(&exec, &row, len, opts(scale, Mask::None));
+                let ctx = format!("[{}] scale={scale} offset={offset}", exec.isa());
+                check_row(&out, &row, &softmax_scaled_f64(&row, scale), &ctx);
+                check_sum(&out, &ctx);
+            }
+        }
+    }
+}
+
 #[test]
 fn masked_entries() {
     let mut rng = rng(21);

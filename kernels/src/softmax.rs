@@ -20,6 +20,7 @@
 use crate::arch::{Simd, with_simd};
 use crate::error::{KernelError, Result, check_dim};
 use crate::exec::Exec;
+use std::f32::consts::LOG2_E;
 
 /// Which entries of each row take part; the others are written as 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -175,7 +176,7 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                             continue;
                         }
                         // A NaN anywhere turns the sum, and so every output, into NaN.
-                        let sum = exp_shifted_sum(s, row.src, row.dst, valid, opts.scale, max);
+                        let sum = exp_row_sum(s, row.src, row.dst, valid, opts.scale, max);
                         pending = Pending {
                             dst: row.dst,
                             n: valid,
@@ -302,22 +303,30 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
     // SAFETY: the caller's ranges are passed on unchanged.
     unsafe {
         if folded <= f32::MAX as f64 {
-            exp_shifted_sum_with::<S, false>(s, src, dst, n, folded as f32, max)
+            exp_shifted_sum_with::<S, FOLDED>(s, src, dst, n, [-max, folded as f32, 0.0])
         } else {
             // scale·log₂e would overflow: multiply by the two in turn (a difference that then
             // overflows to −∞ has weight 0, as it should).
-            exp_shifted_sum_with::<S, true>(s, src, dst, n, scale, max)
+            exp_shifted_sum_with::<S, SPLIT>(s, src, dst, n, [-max, scale, LOG2_E])
         }
     }
 }
 
-/// [`exp_shifted_sum`] with the exponent `(src_i − max)·scale` (`·log₂e` after it when
-/// `SPLIT`, else already folded into `scale`).
+/// Writes the unnormalised softmax weights of one whole row to `dst` and returns their sum: the
+/// weights of [`exp_shifted_sum`] up to one common factor, which normalising cancels. The
+/// exponent is one FMA, `t = src_i·c − hi` with `c = scale·log₂e` and `hi = max·c` rounded to
+/// f32, instead of a subtraction and a multiplication: the product is exact inside the FMA, so
+/// t is rounded once (the two-step form rounds twice). What `hi` leaves out of `max·c` (at most
+/// half an ulp of it) shifts every exponent alike, scaling all weights by one factor that
+/// normalising cancels; `|hi| ≤ 2¹⁶` keeps that shift under 2⁻⁹, so the largest exponent stays
+/// near 0 (larger logits take [`exp_shifted_sum`]). Only for a whole row: callers that merge
+/// sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
+/// multiply-add take it too.
 ///
 /// # Safety
 /// As for [`exp_shifted_sum`].
 #[inline(always)]
-unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
+unsafe fn exp_row_sum<S: Simd>(
     s: S,
     src: *const f32,
     dst: *mut f32,
@@ -325,18 +334,55 @@ unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
     scale: f32,
     max: f32,
 ) -> f64 {
+    let c = (scale as f64 * std::f64::consts::LOG2_E) as f32;
+    let hi = max * c;
+    // SAFETY: the caller's ranges are passed on unchanged.
+    unsafe {
+        if S::FUSED_MULTIPLY_ADD && c.is_finite() && hi.abs() <= FUSED_MAX_SHIFT {
+            exp_shifted_sum_with::<S, FUSED>(s, src, dst, n, [-hi, c, 0.0])
+        } else {
+            exp_shifted_sum(s, src, dst, n, scale, max)
+        }
+    }
+}
+
+/// Largest `|max·scale·log₂e|` for which [`exp_row_sum`] fuses the exponent (ulp 2⁻⁸).
+const FUSED_MAX_SHIFT: f32 = 65536.0;
+
+/// How [`exp_shifted_sum_with`] forms the exponent from `x` and its constants `k`.
+type ExponentForm = u8;
+/// `(x + k₀)·k₁` (k₀ = −max, k₁ = scale·log₂e).
+const FOLDED: ExponentForm = 0;
+/// `(x + k₀)·k₁·k₂` (k₀ = −max, k₁ = scale, k₂ = log₂e).
+const SPLIT: ExponentForm = 1;
+/// `x·k₁ + k₀`, fused (k₀ = −max·scale·log₂e rounded, k₁ = scale·log₂e).
+const FUSED: ExponentForm = 2;
+
+/// Writes `2^t` to `dst` for every `src` element, `t` formed per `FORM`, and returns the sum.
+///
+/// # Safety
+/// As for [`exp_shifted_sum`].
+#[inline(always)]
+unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    k: [f32; 3],
+) -> f64 {
     let lanes = S::LANES;
     let full = n / lanes * lanes;
-    let (vscale, log2e) = (s.splat(scale), s.splat(std::f32::consts::LOG2_E));
-    let neg_max = s.splat(-max);
+    let k = k.map(|c| s.splat(c));
     // A nested fn, not a closure: a closure is compiled without the ISA's features unless it is
     // inlined, and a `let` closure cannot be marked `inline(always)`.
     #[inline(always)]
-    fn exponent<S: Simd, const SPLIT: bool>(s: S, x: S::V, k: [S::V; 3]) -> S::V {
-        let t = s.mul(s.add(x, k[0]), k[1]);
-        if SPLIT { s.mul(t, k[2]) } else { t }
+    fn exponent<S: Simd, const FORM: ExponentForm>(s: S, x: S::V, k: [S::V; 3]) -> S::V {
+        match FORM {
+            FUSED => s.fmadd(x, k[1], k[0]),
+            SPLIT => s.mul(s.mul(s.add(x, k[0]), k[1]), k[2]),
+            _ => s.mul(s.add(x, k[0]), k[1]),
+        }
     }
-    let k = [neg_max, vscale, log2e];
     let mut acc = [s.acc64_zero(), s.acc64_zero()];
     let mut i = 0;
     // SAFETY: every offset stays below `n`.
@@ -347,8 +393,8 @@ unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
         while i + 8 * lanes <= full {
             let mut part = [s.zero(), s.zero()];
             for u in 0..8 {
-                let e =
-                    s.exp2_nonpositive(exponent::<S, SPLIT>(s, s.load(src.add(i + u * lanes)), k));
+                let x = s.load(src.add(i + u * lanes));
+                let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
                 s.store(dst.add(i + u * lanes), e);
                 part[u % 2] = s.add(part[u % 2], e);
             }
@@ -357,17 +403,14 @@ unsafe fn exp_shifted_sum_with<S: Simd, const SPLIT: bool>(
             i += 8 * lanes;
         }
         while i < full {
-            let e = s.exp2_nonpositive(exponent::<S, SPLIT>(s, s.load(src.add(i)), k));
+            let e = s.exp2_nonpositive(exponent::<S, FORM>(s, s.load(src.add(i)), k));
             s.store(dst.add(i), e);
             acc[0] = s.acc64_add(acc[0], e);
             i += lanes;
         }
         if full < n {
-            let e = s.exp2_nonpositive(exponent::<S, SPLIT>(
-                s,
-                load_padded(s, src.add(full), n - full),
-                k,
-            ));
+            let x = load_padded(s, src.add(full), n - full);
+            let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
             s.store_partial(dst.add(full), n - full, e);
             acc[1] = s.acc64_add(acc[1], e);
         }

@@ -223,12 +223,15 @@ impl Simd for Avx2 {
 
     #[inline(always)]
     fn exp2(self, t: __m256) -> __m256 {
+        // min(HI, t) returns t when t is NaN.
+        self.exp2_nonpositive(v!(_mm256_min_ps(_mm256_set1_ps(X::HI), t)))
+    }
+
+    #[inline(always)]
+    fn exp2_nonpositive(self, t: __m256) -> __m256 {
         v!({
             // max(LO, t) returns t when t is NaN, so NaN survives the clamp.
-            let t = _mm256_min_ps(
-                _mm256_set1_ps(X::HI),
-                _mm256_max_ps(_mm256_set1_ps(X::LO), t),
-            );
+            let t = _mm256_max_ps(_mm256_set1_ps(X::LO), t);
             let n = _mm256_floor_ps(t);
             let f = _mm256_sub_ps(t, n);
             let mut p = _mm256_set1_ps(X::P[6]);

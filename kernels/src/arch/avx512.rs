@@ -235,19 +235,11 @@ impl Simd for Avx512 {
 
     #[inline(always)]
     fn exp2(self, t: __m512) -> __m512 {
-        // The upper clamp keeps +∞ out of the reduction below (∞ − ∞); min(HI, t) returns t
-        // when t is NaN.
-        let t = v!(_mm512_min_ps(_mm512_set1_ps(X::HI), t));
-        self.exp2_nonpositive(t)
-    }
-
-    #[inline(always)]
-    fn exp2_nonpositive(self, t: __m512) -> __m512 {
         v!({
-            // −∞ becomes LO (whose result rounds to +0); max(LO, t) returns t when t is NaN.
-            let t = _mm512_max_ps(_mm512_set1_ps(X::LO), t);
             // f = t − ⌊t⌋ in one instruction (vreduceps, exact), and vscalefps multiplies by
-            // 2^⌊t⌋ itself, so ⌊t⌋ is never materialised: 9 operations in all.
+            // 2^⌊t⌋ itself, so ⌊t⌋ is never materialised: 8 operations in all. No clamp is
+            // needed: vreduceps gives 0 for ±∞ (and NaN for NaN), and vscalefps saturates to
+            // +0 or +∞ for any exponent, ±∞ included.
             let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
             let mut p = _mm512_set1_ps(X::P[6]);
             for c in X::P[..6].iter().rev() {

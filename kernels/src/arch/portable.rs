@@ -32,6 +32,8 @@ fn bytemuck_cast(v: i32x8) -> [f32; 8] {
 
 impl Simd for Portable {
     const LANES: usize = 8;
+    // `wide` falls back to a multiply and an add without the FMA target feature.
+    const FUSED_MULTIPLY_ADD: bool = cfg!(target_feature = "fma");
     type V = f32x8;
     type Acc64 = [f64x4; 2];
 

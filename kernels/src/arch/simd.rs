@@ -57,6 +57,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// `p .. p + n` must be writable.
     unsafe fn store_partial(self, p: *mut f32, n: usize, v: Self::V);
 
+    /// Whether [`fmadd`](Self::fmadd) rounds once.
+    const FUSED_MULTIPLY_ADD: bool = true;
     /// `a * b + c`, fused (one rounding) on the AVX paths; the portable path fuses only when
     /// the build enables FMA.
     fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
@@ -102,8 +104,9 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// `2^t` lane-wise, the cheaper exponential softmax uses (its caller folds log₂e into the
     /// logit scale, so no Cody–Waite reduction is needed): see `exp2_consts`.
     fn exp2(self, t: Self::V) -> Self::V;
-    /// [`exp2`](Self::exp2) for `t ≤ 0`, −∞ or NaN (what softmax feeds it), which lets a path
-    /// skip the upper clamp. Larger `t` may give wrong results.
+    /// [`exp2`](Self::exp2) for `t < 128`, −∞ or NaN (softmax's exponents are at most a
+    /// rounding error above 0), which lets a path skip the upper clamp. Larger `t` may give
+    /// wrong results.
     #[inline(always)]
     fn exp2_nonpositive(self, t: Self::V) -> Self::V {
         self.exp2(t)
