@@ -1,4 +1,5 @@
-//! The AVX-512F path: 16 f32 lanes, masked tails, `vscalefps` for exact exponent scaling.
+//! The AVX-512 (F + DQ) path: 16 f32 lanes, masked tails, `vreduceps` and `vscalefps` for the
+//! exponentials.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
