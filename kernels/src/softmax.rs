@@ -318,7 +318,7 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
 /// f32, instead of a subtraction and a multiplication: the product is exact inside the FMA, so
 /// t is rounded once (the two-step form rounds twice). What `hi` leaves out of `max·c` (at most
 /// half an ulp of it) shifts every exponent alike, scaling all weights by one factor that
-/// normalising cancels; `|hi| ≤ 2¹⁶` keeps that shift under 2⁻⁹, so the largest exponent stays
+/// normalising cancels; `|hi| ≤ 2¹⁶` keeps that shift within 2⁻⁸, so the largest exponent stays
 /// near 0 (larger logits take [`exp_shifted_sum`]). Only for a whole row: callers that merge
 /// sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
 /// multiply-add take it too.
@@ -346,7 +346,8 @@ unsafe fn exp_row_sum<S: Simd>(
     }
 }
 
-/// Largest `|max·scale·log₂e|` for which [`exp_row_sum`] fuses the exponent (ulp 2⁻⁸).
+/// Largest `|max·scale·log₂e|` for which [`exp_row_sum`] fuses the exponent (half an ulp
+/// there is 2⁻⁸).
 const FUSED_MAX_SHIFT: f32 = 65536.0;
 
 /// How [`exp_shifted_sum_with`] forms the exponent from `x` and its constants `k`.
