@@ -17,7 +17,7 @@
 //!
 //! A row of length 1 gives exactly 1.0 (unless it is −∞ or NaN).
 
-use crate::arch::{Simd, with_simd};
+use crate::arch::{Simd, prefetch, with_simd};
 use crate::error::{KernelError, Result, check_dim};
 use crate::exec::Exec;
 use std::f32::consts::LOG2_E;
@@ -176,7 +176,10 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                             continue;
                         }
                         // A NaN anywhere turns the sum, and so every output, into NaN.
-                        let sum = exp_row_sum(s, row.src, row.dst, valid, opts.scale, max);
+                        let next = NEXT_ROW_PREFETCH
+                            .contains(&row_len)
+                            .then(|| row.src.wrapping_add(row_len));
+                        let sum = exp_row_sum(s, row.src, row.dst, valid, opts.scale, max, next);
                         pending = Pending {
                             dst: row.dst,
                             n: valid,
@@ -303,11 +306,18 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
     // SAFETY: the caller's ranges are passed on unchanged.
     unsafe {
         if folded <= f32::MAX as f64 {
-            exp_shifted_sum_with::<S, FOLDED>(s, src, dst, n, [-max, folded as f32, 0.0])
+            exp_shifted_sum_with::<S, FOLDED, false>(
+                s,
+                src,
+                dst,
+                n,
+                [-max, folded as f32, 0.0],
+                src,
+            )
         } else {
             // scale·log₂e would overflow: multiply by the two in turn (a difference that then
             // overflows to −∞ has weight 0, as it should).
-            exp_shifted_sum_with::<S, SPLIT>(s, src, dst, n, [-max, scale, LOG2_E])
+            exp_shifted_sum_with::<S, SPLIT, false>(s, src, dst, n, [-max, scale, LOG2_E], src)
         }
     }
 }
@@ -321,7 +331,8 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
 /// normalising cancels; `|hi| ≤ 2¹⁶` keeps that shift within 2⁻⁸, so the largest exponent stays
 /// near 0 (larger logits take [`exp_shifted_sum`]). Only for a whole row: callers that merge
 /// sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
-/// multiply-add take it too.
+/// multiply-add take it too. `next`: the next row, to prefetch meanwhile (see
+/// [`NEXT_ROW_PREFETCH`]).
 ///
 /// # Safety
 /// As for [`exp_shifted_sum`].
@@ -333,18 +344,29 @@ unsafe fn exp_row_sum<S: Simd>(
     n: usize,
     scale: f32,
     max: f32,
+    next: Option<*const f32>,
 ) -> f64 {
     let c = (scale as f64 * std::f64::consts::LOG2_E) as f32;
     let hi = max * c;
     // SAFETY: the caller's ranges are passed on unchanged.
     unsafe {
         if S::FUSED_MULTIPLY_ADD && c.is_finite() && hi.abs() <= FUSED_MAX_SHIFT {
-            exp_shifted_sum_with::<S, FUSED>(s, src, dst, n, [-hi, c, 0.0])
+            let k = [-hi, c, 0.0];
+            match next {
+                Some(next) => exp_shifted_sum_with::<S, FUSED, true>(s, src, dst, n, k, next),
+                None => exp_shifted_sum_with::<S, FUSED, false>(s, src, dst, n, k, src),
+            }
         } else {
             exp_shifted_sum(s, src, dst, n, scale, max)
         }
     }
 }
+
+/// Row lengths whose next row is prefetched into L1 during the exp pass, so that the next max
+/// pass (its first touch) reads L1 instead of L2. Measured against no prefetch on 1 MiB of rows
+/// (in-process, alternating calls): +4–5% at 256–1024, +10% at 4096; −1% at 128, −2% at 8192
+/// (two rows no longer fit L1), ±0 beyond.
+const NEXT_ROW_PREFETCH: std::ops::RangeInclusive<usize> = 256..=4096;
 
 /// Largest `|max·scale·log₂e|` for which [`exp_row_sum`] fuses the exponent (half an ulp
 /// there is 2⁻⁸).
@@ -360,16 +382,20 @@ const SPLIT: ExponentForm = 1;
 const FUSED: ExponentForm = 2;
 
 /// Writes `2^t` to `dst` for every `src` element, `t` formed per `FORM`, and returns the sum.
+/// With `PREFETCH`, the `n` floats at `next` (the next row, whose max pass comes next) are
+/// asked into L1 meanwhile, one line per vector; prefetches never fault, so `next` need not be
+/// readable.
 ///
 /// # Safety
 /// As for [`exp_shifted_sum`].
 #[inline(always)]
-unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm>(
+unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH: bool>(
     s: S,
     src: *const f32,
     dst: *mut f32,
     n: usize,
     k: [f32; 3],
+    next: *const f32,
 ) -> f64 {
     let lanes = S::LANES;
     let full = n / lanes * lanes;
@@ -393,6 +419,11 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm>(
         // conversion then costs an eighth of what it would per vector.
         while i + 8 * lanes <= full {
             let mut part = [s.zero(), s.zero()];
+            if PREFETCH {
+                for u in 0..8 {
+                    prefetch(next.wrapping_add(i + u * lanes));
+                }
+            }
             for u in 0..8 {
                 let x = s.load(src.add(i + u * lanes));
                 let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
