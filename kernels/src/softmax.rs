@@ -167,7 +167,10 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                     unsafe {
                         let max = max_of_while_scaling(s, row.src, valid, pending);
                         pending = Pending::NONE;
-                        std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
+                        if valid < row_len {
+                            // (A call even for 0 bytes: 9% of a 64-float row's time.)
+                            std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
+                        }
                         if valid == 0 {
                             continue;
                         }
