@@ -18,7 +18,7 @@
 //! other strides go through a small stack tile and are written element by element, so nothing
 //! outside the `rows × cols` tile is ever touched.
 
-use crate::arch::Simd;
+use crate::arch::{Simd, prefetch};
 
 /// Where a micro-tile's results go.
 #[derive(Clone, Copy)]
@@ -50,6 +50,17 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
 ) {
     let lanes = S::LANES;
     let nr = NV * lanes;
+    // Ask for the C tile now so that its lines arrive during the k loop: once C outgrows the
+    // caches (2048² floats is 16 MiB, re-read for every kc block of k), the update at the end
+    // otherwise waits on memory. Paired in-process runs: 2048³ +1–14%, 1024³ and 512³ ±1%.
+    if out.csc == 1 {
+        for i in 0..out.rows {
+            let row = out.c.wrapping_add(i * out.rsc);
+            for v in (0..out.cols).step_by(16) {
+                prefetch(row.wrapping_add(v));
+            }
+        }
+    }
     let mut acc = [[s.zero(); NV]; MR];
     #[inline(always)]
     fn step<S: Simd, const MR: usize, const NV: usize>(
