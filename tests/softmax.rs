@@ -117,13 +117,15 @@ fn random_rows_against_reference() {
 
 /// Logits far from 0 shift every exponent by the same large amount: rows whose max·scale·log₂e
 /// lies on either side of the limit below which the row softmax fuses its exponent into one
-/// FMA (2¹⁶), at several scales, against the f64 reference.
+/// FMA (2¹³), at several scales, against the f64 reference.
 #[test]
 fn offset_logits_around_the_fused_exponent_limit() {
     let mut rng = rng(26);
     for exec in isa_execs() {
         for scale in [1.0f32, 0.125, 3.0] {
-            for offset in [0.0f32, -1e3, 1e3, 1e4, 4.5e4, 4.6e4, 1.8e5, 1e6] {
+            for offset in [
+                0.0f32, -1e3, 1e3, 5.6e3, 5.7e3, 1e4, 4.5e4, 4.6e4, 1.8e5, 1e6,
+            ] {
                 let len = 203;
                 let row: Vec<f32> = (0..len)
                     .map(|_| offset + rng.random_range(-10.0..=10.0))
@@ -250,6 +252,23 @@ fn exact_special_rows() {
             softmax(&exec, &[NEG_INF], 1, SoftmaxOptions::default()),
             [0.0]
         );
+        // The same for a dense sweep of logits around where the row softmax switches between
+        // its fused and its exact-shift exponent (|x·scale·log₂e| = 2¹³), and for one-hot rows
+        // (one finite entry among −∞): the finite entry is exactly 1.
+        let sweep = (0..4000)
+            .map(|i| (i as f32 - 2000.0) * 3.7)
+            .chain((0..200).map(|i| 1000.0 * 1.035f32.powi(i)));
+        let mut one_hot = [NEG_INF; 17];
+        for x in sweep {
+            for scale in [1.0, 0.125, 3.0] {
+                let ctx = format!("[{}] x={x} scale={scale}", exec.isa());
+                let out = softmax(&exec, &[x], 1, opts(scale, Mask::None));
+                assert_eq!(out, [1.0], "{ctx}: length 1");
+                one_hot[5] = x;
+                let out = softmax(&exec, &one_hot, 17, opts(scale, Mask::None));
+                assert_eq!(out[5], 1.0, "{ctx}: one-hot");
+            }
+        }
     }
 }
 

@@ -331,8 +331,8 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
 /// f32, instead of a subtraction and a multiplication: the product is exact inside the FMA, so
 /// t is rounded once (the two-step form rounds twice). What `hi` leaves out of `max·c` (at most
 /// half an ulp of it) shifts every exponent alike, scaling all weights by one factor that
-/// normalising cancels; `|hi| ≤ 2¹⁶` keeps that shift within 2⁻⁸, so the largest exponent stays
-/// near 0 (larger logits take [`exp_shifted_sum`]). Only for a whole row: callers that merge
+/// normalising cancels; see [`FUSED_MAX_SHIFT`] for how large that shift may be (larger logits
+/// take [`exp_shifted_sum`]). Only for a whole row: callers that merge
 /// sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
 /// multiply-add take it too. `next`: the next row, to prefetch meanwhile (see
 /// [`NEXT_ROW_PREFETCH`]).
@@ -353,7 +353,7 @@ unsafe fn exp_row_sum<S: Simd>(
     let hi = max * c;
     // SAFETY: the caller's ranges are passed on unchanged.
     unsafe {
-        if S::FUSED_MULTIPLY_ADD && c.is_finite() && hi.abs() <= FUSED_MAX_SHIFT {
+        if S::FUSED_MULTIPLY_ADD && c.is_finite() && hi.abs() < FUSED_MAX_SHIFT {
             let k = [-hi, c, 0.0];
             match next {
                 Some(next) => exp_shifted_sum_with::<S, FUSED, true>(s, src, dst, n, k, next),
@@ -371,9 +371,12 @@ unsafe fn exp_row_sum<S: Simd>(
 /// (two rows no longer fit L1), ±0 beyond.
 const NEXT_ROW_PREFETCH: std::ops::RangeInclusive<usize> = 256..=4096;
 
-/// Largest `|max·scale·log₂e|` for which [`exp_row_sum`] fuses the exponent (half an ulp
-/// there is 2⁻⁸).
-const FUSED_MAX_SHIFT: f32 = 65536.0;
+/// [`exp_row_sum`] fuses the exponent while `|max·scale·log₂e| < 2¹³`. Below that, what the
+/// rounding of `hi` drops is at most 2⁻¹², so the largest weight, 2 to that power, lies within
+/// 1.7e-4 of 1; every f32 `y` that close to 1 has `y · fl(1/y)` exactly 1 (checked for all of
+/// them; the nearest exception is 1.73e-4 away), so a row with one finite entry still gives
+/// exactly 1.0 there. (A bound of 2¹⁶ gave 0.99999994 for the row [5682].)
+const FUSED_MAX_SHIFT: f32 = 8192.0;
 
 /// How [`exp_shifted_sum_with`] forms the exponent from `x` and its constants `k`.
 type ExponentForm = u8;
@@ -386,7 +389,8 @@ const FUSED: ExponentForm = 2;
 
 /// Writes `2^t` to `dst` for every `src` element, `t` formed per `FORM`, and returns the sum.
 /// With `PREFETCH`, the `n` floats at `next` (the next row, whose max pass comes next) are
-/// asked into L1 meanwhile, one line per vector; prefetches never fault, so `next` need not be
+/// asked into L1 meanwhile, one hint per vector (a line each on 16-lane paths); prefetches
+/// never fault, so `next` need not be
 /// readable.
 ///
 /// # Safety
@@ -418,7 +422,7 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH
     // SAFETY: every offset stays below `n`.
     unsafe {
         // Blocks of 8 vectors are summed in f32 (8 terms per lane, so at most 7 roundings of
-        // values ≤ 1: a relative error under 5e-7 on the block's sum) and only the block sums
+        // values ≤ 1.0002: a relative error under 5e-7 on the block's sum) and only the block sums
         // are widened into f64, alternating between two accumulators: the widening then costs
         // a sixteenth of what it would per vector (summing the block in two f32 parts and
         // widening both measured 2% slower).

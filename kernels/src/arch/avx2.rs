@@ -65,6 +65,7 @@ fn scale_by_pow2(p: __m256, n: __m256) -> __m256 {
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx2 {
     const LANES: usize = 8;
+    const FUSED_MULTIPLY_ADD: bool = true;
     type V = __m256;
     type Acc64 = [__m256d; 2];
 

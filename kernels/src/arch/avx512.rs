@@ -47,6 +47,7 @@ fn tail_mask(n: usize) -> __mmask16 {
 #[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     const LANES: usize = 16;
+    const FUSED_MULTIPLY_ADD: bool = true;
     type V = __m512;
     type Acc64 = [__m512d; 2];
 
@@ -237,10 +238,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn exp2(self, t: __m512) -> __m512 {
         v!({
-            // f = t − ⌊t⌋ in one instruction (vreduceps, exact), and vscalefps multiplies by
-            // 2^⌊t⌋ itself, so ⌊t⌋ is never materialised: 8 operations in all. No clamp is
-            // needed: vreduceps gives 0 for ±∞ (and NaN for NaN), and vscalefps saturates to
-            // +0 or +∞ for any exponent, ±∞ included.
+            // f = t − ⌊t⌋ in one instruction (vreduceps; exact but for −1 < t < 0, where t + 1
+            // rounds), and vscalefps multiplies by 2^⌊t⌋ itself, so ⌊t⌋ is never
+            // materialised: 8 operations in all. No clamp is needed: vreduceps gives 0 for ±∞
+            // (and NaN for NaN), and vscalefps saturates to +0 or +∞ for any exponent.
             let f = _mm512_reduce_ps::<{ _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC }>(t);
             let mut p = _mm512_set1_ps(X::P[6]);
             for c in X::P[..6].iter().rev() {

@@ -57,8 +57,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// `p .. p + n` must be writable.
     unsafe fn store_partial(self, p: *mut f32, n: usize, v: Self::V);
 
-    /// Whether [`fmadd`](Self::fmadd) rounds once.
-    const FUSED_MULTIPLY_ADD: bool = true;
+    /// Whether [`fmadd`](Self::fmadd) rounds once (no default: a path must say).
+    const FUSED_MULTIPLY_ADD: bool;
     /// `a * b + c`, fused (one rounding) on the AVX paths; the portable path fuses only when
     /// the build enables FMA.
     fn fmadd(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
