@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 const EXAMPLES: &str = "\
 Examples:
-  bench-harness                                   the default job (~2 min): every suite, report
+  bench-harness                                   the default job (~1 min): every suite, report
                                                   and plot under target/bench-results/
   bench-harness matmul --sizes 512,1x4096x4096 --threads 1,2
   bench-harness attention --preset llama3-8b --layers 1 --seq-lens 256..32768*2 --kv-dtype f32,bf16

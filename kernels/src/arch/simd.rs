@@ -20,6 +20,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// All lanes `x`.
     fn splat(self, x: f32) -> Self::V;
     /// All lanes zero.
+    #[inline(always)]
     fn zero(self) -> Self::V {
         self.splat(0.0)
     }
@@ -90,6 +91,7 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `src + r·ld .. + LANES` must be readable and `dst + c·ldd .. + LANES` writable for every
     /// `r, c < LANES`, and the two must not overlap.
+    #[inline(always)]
     unsafe fn transpose_block(self, src: *const f32, ld: usize, dst: *mut f32, ldd: usize) {
         for r in 0..Self::LANES {
             for c in 0..Self::LANES {

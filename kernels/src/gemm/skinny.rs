@@ -17,7 +17,7 @@ use crate::exec::{Exec, SharedMut};
 /// the two are even and at m = 16 packing wins, because every four FMAs here also load and
 /// store a C vector.
 pub(crate) const MAX_ROWS: usize = 4;
-/// Columns per chunk: C's rows for a chunk (16 × 512 × 4 B = 32 KiB) stay in L1, and B is read
+/// Columns per chunk: C's rows for a chunk (at most 4 × 512 × 4 B = 8 KiB) stay in L1, and B is read
 /// in 2 KiB runs.
 const CHUNK: usize = 512;
 /// Rows of B ahead of use that are prefetched (one step of four, plus four), into L2: against
