@@ -201,8 +201,8 @@ impl AttentionLayer {
             &mut s.ws,
         )?;
         if let Some(r) = &self.cfg.rope {
-            r.apply(&mut s.q, h.head_dim, pos);
-            r.apply(&mut s.k, h.head_dim, pos);
+            r.apply(&mut s.q, h.head_dim, pos)?;
+            r.apply(&mut s.k, h.head_dim, pos)?;
         }
         cache.append(layer, &s.k, &s.v)?;
         decode_attention(
@@ -256,8 +256,8 @@ impl AttentionLayer {
         project(exec, xs, t, &self.w.w_v, kw, &mut s.v, &mut s.ws)?;
         if let Some(r) = &self.cfg.rope {
             for i in 0..t {
-                r.apply(&mut s.q[i * qw..(i + 1) * qw], h.head_dim, pos + i);
-                r.apply(&mut s.k[i * kw..(i + 1) * kw], h.head_dim, pos + i);
+                r.apply(&mut s.q[i * qw..(i + 1) * qw], h.head_dim, pos + i)?;
+                r.apply(&mut s.k[i * kw..(i + 1) * kw], h.head_dim, pos + i)?;
             }
         }
         prefill_attention(
