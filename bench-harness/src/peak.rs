@@ -13,7 +13,7 @@ use crate::error::Result;
 use crate::machine::fmt_bytes;
 use crate::measure::{MeasureOpts, Stats, measure};
 use crate::record::Record;
-use kernels::Isa;
+use kernels::{Isa, LargeBuffer};
 use rayon::ThreadPool;
 use std::time::Instant;
 
@@ -325,9 +325,11 @@ pub fn measure_read(
 }
 
 /// Fills an array with small values on the pool's threads (first touch spreads its pages).
-pub fn filled_array(pool: &ThreadPool, floats: usize) -> Vec<f32> {
+/// It is a [`LargeBuffer`] (huge pages where the OS allows), like the KV cache, so a kernel and
+/// the sum it is compared with pay the same address translation.
+pub fn filled_array(pool: &ThreadPool, floats: usize) -> LargeBuffer<f32> {
     use rayon::prelude::*;
-    let mut v = vec![0.0f32; floats];
+    let mut v = LargeBuffer::<f32>::zeroed(floats);
     pool.install(|| {
         v.par_chunks_mut(1 << 16)
             .enumerate()

@@ -25,7 +25,7 @@ pub struct Ctx<'a> {
     /// Same-bytes read roofs measured so far, by (bytes, threads).
     same_bytes: BTreeMap<(u64, usize), Roof>,
     /// The array those sums read (kept for the next size that fits).
-    sum_array: Vec<f32>,
+    sum_array: kernels::LargeBuffer<f32>,
 }
 
 impl<'a> Ctx<'a> {
@@ -53,7 +53,7 @@ impl<'a> Ctx<'a> {
             bar,
             pools: BTreeMap::new(),
             same_bytes: BTreeMap::new(),
-            sum_array: Vec::new(),
+            sum_array: kernels::LargeBuffer::zeroed(0),
         }
     }
 
@@ -69,7 +69,7 @@ impl<'a> Ctx<'a> {
         }
         let floats = (bytes / 4).max(1) as usize;
         if self.sum_array.len() < floats {
-            self.sum_array = Vec::new();
+            self.sum_array = kernels::LargeBuffer::zeroed(0);
             self.sum_array = crate::peak::filled_array(self.pool(threads)?, floats);
         }
         let isa = Isa::detected();

@@ -11,7 +11,7 @@
 //! order-invariant, so occupied slots are read in slot order: `0..len` is always contiguous.
 
 use crate::error::{DecodeError, Result, check_eq};
-use kernels::{Bf16, KvDtype, KvRows};
+use kernels::{Bf16, KvDtype, KvRows, LargeBuffer};
 
 /// Shape and policy of a [`KvCache`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +74,11 @@ impl CacheConfig {
     }
 }
 
+/// On huge pages where the OS allows: a step streams the whole cache, and with 4 KiB pages the
+/// TLB misses slow that stream (see [`LargeBuffer`]).
 enum Storage {
-    F32(Vec<f32>),
-    Bf16(Vec<Bf16>),
+    F32(LargeBuffer<f32>),
+    Bf16(LargeBuffer<Bf16>),
 }
 
 /// A fixed-capacity ring of keys and values for every layer, allocated once.
@@ -102,8 +104,8 @@ impl KvCache {
         cfg.validate()?;
         let n = cfg.total_elements().expect("validated");
         let storage = match cfg.dtype {
-            KvDtype::F32 => Storage::F32(vec![0.0; n]),
-            KvDtype::Bf16 => Storage::Bf16(vec![Bf16(0); n]),
+            KvDtype::F32 => Storage::F32(LargeBuffer::zeroed(n)),
+            KvDtype::Bf16 => Storage::Bf16(LargeBuffer::zeroed(n)),
         };
         Ok(Self {
             cfg,

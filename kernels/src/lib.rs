@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod arch;
+mod buffer;
 mod error;
 mod exec;
 mod exp;
@@ -42,6 +43,7 @@ pub mod reference;
 mod softmax;
 mod view;
 pub use arch::Isa;
+pub use buffer::{HUGE_PAGE_BYTES, LargeBuffer, Zeroable};
 pub use error::{KernelError, Result};
 pub use exec::{Exec, Parallelism};
 pub use exp::{exp, exp2};
