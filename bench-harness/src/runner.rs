@@ -144,10 +144,14 @@ pub fn exec_for(isa: Isa) -> Result<Exec> {
     Ok(Exec::new().with_isa(isa)?)
 }
 
-/// `n` seeded uniform values in [-1, 1).
-pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
+/// `n` seeded uniform values in [-1, 1), in a [`kernels::LargeBuffer`] (huge pages where the
+/// OS allows), as an engine would keep its weights and as the read roofs' arrays are kept.
+pub fn random_vec(seed: u64, n: usize) -> kernels::LargeBuffer<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    let mut v = kernels::LargeBuffer::zeroed(n);
+    v.iter_mut()
+        .for_each(|x| *x = rng.random_range(-1.0f32..1.0));
+    v
 }
 
 /// Largest `|a − b|` relative to the largest `|b|` (0 for empty inputs).
