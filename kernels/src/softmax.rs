@@ -600,6 +600,9 @@ impl OnlineSoftmax {
         }
         let factor = if self.max == f32::NEG_INFINITY {
             0.0
+        } else if self.max == new_max {
+            // exp(0) exactly; most blocks past the first few leave the max where it was.
+            1.0
         } else {
             (self.max - new_max).exp()
         };

@@ -1,7 +1,7 @@
 //! Scores: `scale · K·q` for one or several query heads, each key row read once.
 
+use super::prefetch_ahead;
 use super::types::Elem;
-use super::{PREFETCH_BYTES, prefetch_row};
 use crate::arch::Simd;
 
 /// `scores[h·block + r] = scale · (q_h · kb[r])` for every head `h` of the group and row `r`.
@@ -127,7 +127,7 @@ unsafe fn dot_rows_transposed<
                 for r in 0..per {
                     let row = kb.as_ptr().add((r0 + r) * d);
                     if v == 0 {
-                        prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), row_bytes);
+                        prefetch_ahead(row as *const u8, row_bytes);
                     }
                     let k = T::load_vecs::<S, 2, PERM>(s, row.add(v * lanes));
                     for (h, qh) in qv.iter().enumerate() {
@@ -152,7 +152,7 @@ unsafe fn dot_rows_transposed<
 /// [`dot_rows_group`] for a head of exactly `V` vectors, the key row held in `V` registers.
 ///
 /// # Safety
-/// `d = V·LANES`; `kb` holds `rows·d`, `q` holds `g·d` and `scores` holds `g·block` elements,
+/// `d = V·LANES`; `kb` holds `rows·d`, `q` holds `g·d` and `scores` holds `(g−1)·block + rows` elements,
 /// `rows ≤ block`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -168,13 +168,15 @@ unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize, const PERM: boo
 ) {
     let lanes = S::LANES;
     let d = V * lanes;
-    debug_assert!(kb.len() >= rows * d && q.len() >= g * d && scores.len() >= g * block);
+    debug_assert!(
+        kb.len() >= rows * d && q.len() >= g * d && scores.len() + block >= g * block + rows
+    );
     // SAFETY: every offset below stays inside the lengths the caller vouched for.
     unsafe {
         let row_bytes = d * std::mem::size_of::<T>();
         for r in 0..rows {
             let row = kb.as_ptr().add(r * d);
-            prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), row_bytes);
+            prefetch_ahead(row as *const u8, row_bytes);
             let k: [S::V; V] = T::load_vecs::<S, V, PERM>(s, row);
             for h in 0..g {
                 let qh = q.as_ptr().add(h * d);

@@ -1,7 +1,7 @@
 //! Values: `acc += Σ_i w_i·v_i` for one or several query heads, each value row read once.
 
+use super::prefetch_ahead;
 use super::types::Elem;
-use super::{PREFETCH_BYTES, prefetch_row};
 use crate::arch::Simd;
 
 /// `acc[h] += Σ_r weights[h·block + r] · vb[r]` for every head `h` of the group. With heads
@@ -81,7 +81,7 @@ unsafe fn accumulate_chunk_heads<
         let chunk_bytes = W * lanes * std::mem::size_of::<T>();
         for r in 0..rows {
             let row = vb.add(r * d);
-            prefetch_row((row as *const u8).wrapping_add(PREFETCH_BYTES), chunk_bytes);
+            prefetch_ahead(row as *const u8, chunk_bytes);
             let v: [S::V; W] = T::load_vecs::<S, W, PERM>(s, row);
             for (h, ah) in a.iter_mut().enumerate() {
                 let wt = s.splat(*weights.add(h * block + r));
