@@ -679,3 +679,62 @@ fn rollback_refused_when_any_layer_wrapped() {
     c.truncate(4).unwrap_err();
     assert_eq!(c.layer_position(0).unwrap(), 5);
 }
+
+/// A cache of several MiB lives in a huge-page mapping (`LargeBuffer`) rather than on the heap:
+/// it starts zeroed, holds what is appended, and turns over like any other.
+#[test]
+fn multi_mib_cache_is_zeroed_and_wraps() {
+    let (layers, kv_heads, head_dim, capacity) = (2, 2, 128, 2048);
+    for dtype in [KvDtype::F32, KvDtype::Bf16] {
+        let mut cache = KvCache::new(CacheConfig {
+            layers,
+            kv_heads,
+            head_dim,
+            capacity,
+            sinks: 0,
+            dtype,
+        })
+        .unwrap();
+        assert!(cache.bytes() >= 4 << 20);
+        for slot in [0, 1, capacity / 2, capacity - 1] {
+            for layer in 0..layers {
+                assert_eq!(cache.get(layer, false, 1, slot, head_dim - 1), 0.0);
+                assert_eq!(cache.get(layer, true, 0, slot, 0), 0.0);
+            }
+        }
+        // Small integers are exact in bf16 too.
+        let elem = |pos: usize, layer: usize, head: usize, i: usize| -> f32 {
+            ((pos * 7 + layer * 3 + head * 5 + i) % 251) as f32
+        };
+        let total = capacity + 5;
+        for pos in 0..total {
+            for layer in 0..layers {
+                let k: Vec<f32> = (0..kv_heads * head_dim)
+                    .map(|j| elem(pos, layer, j / head_dim, j % head_dim))
+                    .collect();
+                let v: Vec<f32> = k.iter().map(|x| -x).collect();
+                cache.append(layer, &k, &v).unwrap();
+            }
+        }
+        assert_eq!(cache.len(), capacity);
+        for pos in [5, 6, capacity, total - 1] {
+            let slot = cache.slot_of(pos);
+            assert_eq!(slot, pos % capacity);
+            for layer in 0..layers {
+                for (head, i) in [(0, 0), (1, head_dim - 1), (1, 37)] {
+                    let want = elem(pos, layer, head, i);
+                    assert_eq!(
+                        cache.get(layer, false, head, slot, i),
+                        want,
+                        "{dtype:?} {pos}"
+                    );
+                    assert_eq!(
+                        cache.get(layer, true, head, slot, i),
+                        -want,
+                        "{dtype:?} {pos}"
+                    );
+                }
+            }
+        }
+    }
+}
