@@ -51,6 +51,15 @@ pub fn mem_available() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// The transparent-huge-page mode, the bracketed word of
+/// `/sys/kernel/mm/transparent_hugepage/enabled` (`always`, `madvise` or `never`).
+pub fn transparent_hugepages() -> Option<String> {
+    let s = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+    let start = s.find('[')? + 1;
+    let end = start + s[start..].find(']')?;
+    Some(s[start..end].to_string())
+}
+
 /// Bytes expressed in GiB.
 pub fn gib(bytes: u64) -> f64 {
     bytes as f64 / (1u64 << 30) as f64

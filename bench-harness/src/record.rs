@@ -123,6 +123,9 @@ pub struct HeaderInfo {
     pub command: String,
     /// Seconds since the Unix epoch at start.
     pub unix_time: u64,
+    /// The transparent-huge-page mode (`always`, `madvise`, `never`), if known: the KV cache,
+    /// operands and roof arrays ask for huge pages, which only `always`/`madvise` grant.
+    pub transparent_hugepages: Option<String>,
 }
 
 /// Keys every record carries (the contract of the JSON/CSV schema).
@@ -157,7 +160,7 @@ pub const REQUIRED_KEYS: [&str; 27] = [
 ];
 
 /// Keys the header record adds.
-pub const HEADER_KEYS: [&str; 15] = [
+pub const HEADER_KEYS: [&str; 16] = [
     "cpu",
     "cores",
     "detected_features",
@@ -173,6 +176,7 @@ pub const HEADER_KEYS: [&str; 15] = [
     "mem_available",
     "command",
     "unix_time",
+    "transparent_hugepages",
 ];
 
 impl Record {
@@ -223,6 +227,7 @@ pub fn header_record(isa: &str, threads: &[usize], isas: &[String]) -> Record {
         l2_bytes: crate::machine::cache_bytes(2),
         llc_bytes: crate::machine::cache_bytes(3),
         mem_available: crate::machine::mem_available(),
+        transparent_hugepages: crate::machine::transparent_hugepages(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
