@@ -554,7 +554,8 @@ fn skinny_m() {
 }
 
 /// Short products on the just-in-time B path (m ≤ 240 on AVX-512, row- or column-contiguous B,
-/// the latter packed through register transposes): n across 128-column slabs, thread chunks
+/// the latter packed through register transposes; up to 16 rows against row-contiguous B take
+/// the direct nest on AVX-512): n across 128-column slabs, thread chunks
 /// that end mid-slab, k across kc blocks and not a multiple of the transpose block, tiles of 8
 /// and 12 rows with partial last tiles.
 #[test]
@@ -581,6 +582,43 @@ fn streamed_b_edges() {
             let p = Problem::new(&mut rng, shape, (Layout::RowPadded(5), lb, lc), alpha, beta);
             check(&cases, &p, &mut ws);
         }
+    }
+}
+
+/// Up to 16 rows against row-contiguous B on AVX-512 read B in place (the direct nest):
+/// tiles of 8×32 (≤ 8 rows) and 16×16 (9–16 rows) with partial rows, k across its 32-row
+/// blocks and k = 1, a right edge narrower than one tile (copied and zero-padded), n that is
+/// only an edge, C blocks of 1 MiB per thread (16405 columns at m = 16, 32805 at m = 8),
+/// strided C (the element-wise epilogue), α/β combinations.
+#[test]
+fn direct_b_in_place_edges() {
+    let cases = exec_cases();
+    let mut rng = rng(13);
+    let mut ws = GemmWorkspace::new();
+    let shapes = [
+        (5, 1000, 520),
+        (16, 16405, 70),
+        (8, 32805, 33),
+        (12, 700, 100),
+        (9, 47, 1),
+        (13, 16, 64),
+        (16, 15, 40),
+        (7, 33, 95),
+    ];
+    for (s, &shape) in shapes.iter().enumerate() {
+        let lc = if s % 3 == 2 {
+            Layout::ColPadded(3)
+        } else {
+            Layout::RowMajor
+        };
+        let (alpha, beta) = if s % 2 == 0 { (1.0, 0.0) } else { (2.5, 1.0) };
+        let lb = if s % 2 == 0 {
+            Layout::RowMajor
+        } else {
+            Layout::RowPadded(3)
+        };
+        let p = Problem::new(&mut rng, shape, (Layout::RowPadded(5), lb, lc), alpha, beta);
+        check(&cases, &p, &mut ws);
     }
 }
 

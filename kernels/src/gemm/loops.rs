@@ -15,7 +15,7 @@
 //! counts. mc is always a multiple of MR and tasks start on MR/NR boundaries for that reason.
 
 use super::blocking::Blocking;
-use super::microkernel::{TileOut, microkernel};
+use super::microkernel::{BPanel, TileOut, microkernel};
 use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
 use crate::arch::Simd;
@@ -93,7 +93,15 @@ pub(crate) unsafe fn column_of_tiles<S: Simd, const MR: usize, const NV: usize>(
         };
         // SAFETY: the caller vouches for the panels and the block; this tile is rows
         // ir..ir+MR of it.
-        unsafe { microkernel::<S, MR, NV>(s, kc, a_packed.add(ir * kc), b_panel, tile) };
+        unsafe {
+            microkernel::<S, MR, NV>(
+                s,
+                kc,
+                a_packed.add(ir * kc),
+                BPanel::packed(b_panel, NV * S::LANES),
+                tile,
+            )
+        };
     }
 }
 

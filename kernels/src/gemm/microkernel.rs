@@ -14,9 +14,10 @@
 //! ```
 //! The MR·NV accumulators stay in registers for the whole k loop (AVX-512: 12×2 = 24 of 32
 //! zmm). When β = 0, C is never read, so NaN or garbage in C cannot leak into the result.
-//! Full tiles of row-contiguous C are updated with vector loads and stores; edge tiles and
-//! other strides go through a small stack tile and are written element by element, so nothing
-//! outside the `rows × cols` tile is ever touched.
+//! Full-width tiles of row-contiguous C (any number of valid rows) are updated with vector
+//! loads and stores; right-edge tiles and other strides go through a small stack tile and are
+//! written element by element, so nothing outside the `rows × cols` tile is ever touched.
+//! B is a packed panel, or B's own rows read in place ([`BPanel`]).
 
 use crate::arch::{Simd, prefetch};
 
@@ -34,18 +35,40 @@ pub(crate) struct TileOut {
     pub beta: f32,
 }
 
+/// Where the micro-kernel reads B: row `p` of the kc × NR panel starts at `ptr + p·rs`.
+#[derive(Clone, Copy)]
+pub(crate) struct BPanel {
+    pub ptr: *const f32,
+    /// `NR` for a packed panel; B's own row stride when B is read in place.
+    pub rs: usize,
+    /// When nonzero, each row's lines `ahead` floats further along the same row are
+    /// prefetched into L1 as the row is used (for B read in place: the next tiles' lines).
+    pub ahead: usize,
+}
+
+impl BPanel {
+    /// A packed kc × NR panel.
+    pub(crate) fn packed(ptr: *const f32, nr: usize) -> Self {
+        Self {
+            ptr,
+            rs: nr,
+            ahead: 0,
+        }
+    }
+}
+
 /// Runs one micro-tile.
 ///
 /// # Safety
-/// `a` holds `MR·kc` and `b` holds `kc·NV·LANES` readable floats (packed panels); `out.c` is
-/// valid for reads and writes at every `(i, j)` with `i < rows`, `j < cols`, and no other
-/// thread accesses those elements during the call.
+/// `a` holds `MR·kc` readable floats (a packed panel), and `b.ptr + p·b.rs` holds `NV·LANES`
+/// for every `p < kc`; `out.c` is valid for reads and writes at every `(i, j)` with
+/// `i < rows`, `j < cols`, and no other thread accesses those elements during the call.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     kc: usize,
     a: *const f32,
-    b: *const f32,
+    b: BPanel,
     out: TileOut,
 ) {
     let lanes = S::LANES;
@@ -79,27 +102,40 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
             }
         }
     }
+    // A hint, never a fault, wherever it points.
+    let prefetch_ahead = |p: usize| {
+        if b.ahead != 0 {
+            let row = b.ptr.wrapping_add(p * b.rs + b.ahead);
+            for v in 0..NV {
+                prefetch(row.wrapping_add(v * lanes));
+            }
+        }
+    };
     let mut p = 0;
     while p + 2 <= kc {
+        prefetch_ahead(p);
+        prefetch_ahead(p + 1);
         // SAFETY: rows p and p + 1 < kc of both panels are in bounds.
         unsafe {
-            step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.add(p * nr));
-            step::<S, MR, NV>(s, &mut acc, a.add((p + 1) * MR), b.add((p + 1) * nr));
+            step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.ptr.add(p * b.rs));
+            step::<S, MR, NV>(s, &mut acc, a.add((p + 1) * MR), b.ptr.add((p + 1) * b.rs));
         }
         p += 2;
     }
     if p < kc {
         // SAFETY: `p < kc`, so row `p` of both panels is in bounds.
-        unsafe { step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.add(p * nr)) };
+        unsafe { step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.ptr.add(p * b.rs)) };
     }
 
     let alpha = s.splat(out.alpha);
-    if out.rows == MR && out.cols == nr && out.csc == 1 {
+    // Full-width rows of row-contiguous C (all tiles but the right edge and other strides),
+    // however many of the MR rows are valid: vector loads and stores.
+    if out.cols == nr && out.csc == 1 {
         let beta = s.splat(out.beta);
-        for (i, row) in acc.iter().enumerate() {
+        for (i, row) in acc.iter().enumerate().take(out.rows) {
             for (v, x) in row.iter().enumerate() {
-                // SAFETY: the tile is full and row-contiguous, so these NR floats of row `i` are
-                // inside it; the caller gave us exclusive access.
+                // SAFETY: the tile is NR wide and row-contiguous and `i < rows`, so these NR
+                // floats of row `i` are inside it; the caller gave us exclusive access.
                 unsafe {
                     let cp = out.c.add(i * out.rsc + v * lanes);
                     let r = if out.beta == 0.0 {

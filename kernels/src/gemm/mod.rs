@@ -3,6 +3,8 @@
 //! - one output row or column: [`gemv`] streams B once (decode's `x·W`, `q·Kᵀ`);
 //! - two to four rows against row-contiguous B and C, or column-contiguous B (`x·Wᵀ`) and
 //!   row-contiguous A: [`skinny`] streams B without packing;
+//! - on AVX-512, up to 16 rows (one micro-tile panel) against row-contiguous B: [`direct`]
+//!   reads B in place, never packing it;
 //! - up to one L2 block of rows (`mc`) against row- or column-contiguous B: the blocked nest
 //!   with B packed just in time, slab by slab, so its memory stream overlaps the micro-kernel
 //!   ([`streamed`]);
@@ -14,6 +16,7 @@
 //! nothing. Results are bit-identical for every thread count.
 
 mod blocking;
+mod direct;
 mod gemv;
 mod loops;
 mod microkernel;
@@ -109,6 +112,34 @@ pub fn gemm(
         csc: c.col_stride(),
     };
     let (sa, sb) = (strided_of(&a), strided_of(&b));
+    // One panel of rows against row-contiguous B: B read in place, never packed.
+    if let Some(tile) = direct::tile_for(exec.isa(), m, &sb) {
+        macro_rules! direct {
+            ($s:ident, $mr:literal, $nv:literal) => {
+                // SAFETY: as for the nests below; `tile_for` checked m ≤ MR and B's unit
+                // column stride.
+                unsafe {
+                    direct::gemm_direct::<_, $mr, $nv>(
+                        $s,
+                        exec,
+                        (m, n, k),
+                        alpha,
+                        sa,
+                        sb,
+                        beta,
+                        out,
+                        ws,
+                    )
+                }
+            };
+        }
+        with_simd!(exec.isa(), |s| match tile {
+            (8, 2) => direct!(s, 8, 2),
+            (16, 1) => direct!(s, 16, 1),
+            other => unreachable!("no direct micro-kernel instantiated for {other:?}"),
+        });
+        return Ok(());
+    }
     let mut blk = blocking::choose(exec.isa(), m);
     blk.nc = blocking::nc_for(&blk, m);
     macro_rules! run {

@@ -1,0 +1,132 @@
+//! The loop nest for products of one MR panel of rows (batched decode, short prefill chunks:
+//! 5 to 16 rows on AVX-512) against row-contiguous B: the micro-kernel reads B where it lies,
+//! and B is never packed.
+//!
+//! ```text
+//! A packed once: all m rows (one MR panel), all of k
+//! thread: its own range of NR-column tiles, in blocks whose C rows stay in L2
+//!  pc: k in steps of KB rows
+//!   jr: NR tiles               micro-kernel on B's rows in place (stride = B's row stride),
+//!                              prefetching each row's next tile into L1 as it goes
+//! ```
+//! Why: with one MR panel each element of B is used once, so a packed copy costs as much as
+//! the arithmetic it feeds: every element is stored once more (stores that miss L1 and limit
+//! the copy to about L2 speed), and the copy runs as a phase in which no FMA runs, so memory
+//! time and arithmetic add up. Read in place, the loads of B are interleaved with the FMAs that
+//! use them, as KB sequential row streams. Tiles: 8×32 up to 8 rows, 16×16 from 9 to 16, so
+//! that one pass over B serves every row. A tile narrower than NR (B's right edge) is copied
+//! into a zero-padded panel first, so nothing beyond B is read.
+//!
+//! Measured against the streamed nest (B packed slab by slab), paired call by call in one
+//! process, huge-page operands, median time ratios. B streaming from DRAM (five or three
+//! different B matrices in rotation), one thread: 8×4096×4096 0.59×, 12×11008×4096 0.74×,
+//! 16×4096×4096 0.79×, 16×11008×4096 0.89×; two threads: 16×4096×4096 0.89×, 8×11008×4096
+//! 0.85×. The same B every call (it stays in this machine's 300 MiB LLC, as in the harness):
+//! 8-row products 0.66–0.83×, 16×4096×4096 0.95× (0.995× on two threads), 16×11008×4096
+//! 1.02×.
+
+use super::loops::{Out, pack_a_block};
+use super::microkernel::{BPanel, microkernel};
+use super::pack::{Strided, pack_b_panels};
+use super::workspace::GemmWorkspace;
+use crate::arch::Simd;
+use crate::exec::Exec;
+
+/// Rows of B per k block: KB row streams in flight, and C's tiles reloaded once per KB rows.
+/// 32 measured best of 16, 32 and 64 (64 streams overwhelm the hardware prefetchers).
+const KB: usize = 32;
+
+/// How far along each row of B the micro-kernel prefetches: the tile after the next (128 B
+/// ahead of a 16-wide tile, 256 B of a 32-wide one), measured best of 0, 1, 2, 4 and 8 tiles
+/// ahead. Without it, some row strides (e.g. 11008 floats) ran 2.7× slower.
+const PREFETCH_TILES: usize = 2;
+
+/// Bytes of C rows a thread keeps in L2 across the k loop.
+const C_BLOCK_BYTES: usize = 1024 * 1024;
+
+/// The tile (MR, NV) this nest uses for an `m`-row product on `isa`, if it serves it: AVX-512,
+/// at most 16 rows (from 2 to 4 the skinny row-streaming path comes first), B's rows
+/// contiguous. 8×32 up to 8 rows, 16×16 (one vector per row) from 9 to 16.
+pub(crate) fn tile_for(isa: crate::Isa, m: usize, b: &Strided) -> Option<(usize, usize)> {
+    if isa != crate::Isa::Avx512 || b.cs != 1 {
+        return None;
+    }
+    match m {
+        1..=8 => Some((8, 2)),
+        9..=16 => Some((16, 1)),
+        _ => None,
+    }
+}
+
+/// `C = α·A·B + β·C` for `m, n, k ≥ 1`, `m ≤ MR`, `b.cs == 1`.
+///
+/// # Safety
+/// As for [`super::loops::gemm_blocked`], and `b.cs == 1`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_direct<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    exec: &Exec,
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Strided,
+    b: Strided,
+    beta: f32,
+    out: Out,
+    ws: &mut GemmWorkspace,
+) {
+    debug_assert!(m <= MR && b.cs == 1);
+    let nr = NV * S::LANES;
+    let kb_max = KB.min(k);
+    let a_buf = ws.a.get(MR * k);
+    // SAFETY: A is readable on m × k; `a_buf` holds MR·k floats.
+    unsafe { pack_a_block::<MR>(exec, a, m, k, a_buf) };
+    let a_packed = &a_buf[..];
+    let tiles = n.div_ceil(nr);
+    let chunks = exec.threads().max(1).min(tiles);
+    let block_tiles = (C_BLOCK_BYTES / (m * 4 * nr)).max(1);
+    let edge_len = kb_max * nr;
+    let edge_bufs = ws.b.get(chunks * edge_len);
+    exec.for_each_chunk_mut(
+        &mut edge_bufs[..chunks * edge_len],
+        edge_len,
+        |chunk, edge| {
+            let chunk_tiles = (chunk * tiles / chunks)..((chunk + 1) * tiles / chunks);
+            s.vectorize(
+                #[inline(always)]
+                || {
+                    for block_start in chunk_tiles.clone().step_by(block_tiles) {
+                        let block = block_start..(block_start + block_tiles).min(chunk_tiles.end);
+                        for pc in (0..k).step_by(kb_max) {
+                            let kb = kb_max.min(k - pc);
+                            let beta = if pc == 0 { beta } else { 1.0 };
+                            let a_rows = a_packed[pc * MR..].as_ptr();
+                            for jt in block.clone() {
+                                let j = jt * nr;
+                                let cols = nr.min(n - j);
+                                let tile = out.at(0, j, (m, cols), alpha, beta);
+                                let src = b.offset(pc, j);
+                                let panel = if cols == nr {
+                                    BPanel {
+                                        ptr: src.ptr,
+                                        rs: b.rs,
+                                        ahead: PREFETCH_TILES * nr,
+                                    }
+                                } else {
+                                    // SAFETY: rows pc..pc+kb and columns j..n lie inside B; `edge`
+                                    // holds KB·NR floats.
+                                    unsafe { pack_b_panels::<S, NV>(s, src, kb, cols, None, edge) };
+                                    BPanel::packed(edge.as_ptr(), nr)
+                                };
+                                // SAFETY: A's packed rows pc..pc+kb hold MR·kb floats; the panel's
+                                // kb rows hold NR floats each (B's rows pc.., columns j..j+NR, or
+                                // the padded copy); the tile lies inside C and this chunk alone
+                                // owns its columns.
+                                unsafe { microkernel::<S, MR, NV>(s, kb, a_rows, panel, tile) };
+                            }
+                        }
+                    }
+                },
+            );
+        },
+    );
+}
