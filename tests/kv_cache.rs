@@ -680,8 +680,9 @@ fn rollback_refused_when_any_layer_wrapped() {
     assert_eq!(c.layer_position(0).unwrap(), 5);
 }
 
-/// A cache of several MiB lives in a huge-page mapping (`LargeBuffer`) rather than on the heap:
-/// it starts zeroed, holds what is appended, and turns over like any other.
+/// A cache of several MiB, large enough to take `LargeBuffer`'s mapping path (huge pages where
+/// the OS allows) rather than the heap: it starts zeroed, holds what is appended, and turns
+/// over like any other.
 #[test]
 fn multi_mib_cache_is_zeroed_and_wraps() {
     let (layers, kv_heads, head_dim, capacity) = (2, 2, 128, 2048);

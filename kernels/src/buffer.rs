@@ -14,7 +14,8 @@
 
 use std::ops::{Deref, DerefMut};
 
-/// Size of a transparent huge page on x86-64 (and the alignment that lets one be used).
+/// 2 MiB: the transparent-huge-page size on x86-64, and the alignment `LargeBuffer` uses on
+/// every Linux target (harmless where huge pages are another size).
 pub const HUGE_PAGE_BYTES: usize = 2 << 20;
 
 mod sealed {

@@ -1,13 +1,14 @@
 //! The loop nest for products of one MR panel of rows (batched decode, short prefill chunks:
-//! 5 to 16 rows on AVX-512) against row-contiguous B: the micro-kernel reads B where it lies,
-//! and B is never packed.
+//! up to 16 rows on AVX-512; 2–4 rows only when C is not row-contiguous, as the skinny path
+//! takes them otherwise, and 1 row is GEMV) against row-contiguous B: the micro-kernel reads
+//! B where it lies, and B is never packed.
 //!
 //! ```text
 //! A packed once: all m rows (one MR panel), all of k
 //! thread: its own range of NR-column tiles, in blocks whose C rows stay in L2
 //!  pc: k in steps of KB rows
 //!   jr: NR tiles               micro-kernel on B's rows in place (stride = B's row stride),
-//!                              prefetching each row's next tile into L1 as it goes
+//!                              prefetching each row's tile after next into L1 as it goes
 //! ```
 //! Why: with one MR panel each element of B is used once, so a packed copy costs as much as
 //! the arithmetic it feeds: every element is stored once more (stores that miss L1 and limit
@@ -33,20 +34,23 @@ use crate::arch::Simd;
 use crate::exec::Exec;
 
 /// Rows of B per k block: KB row streams in flight, and C's tiles reloaded once per KB rows.
-/// 32 measured best of 16, 32 and 64 (64 streams overwhelm the hardware prefetchers).
+/// For the 16×16 tile 16–64 measured within noise and 96 at half the speed (too many streams
+/// for the hardware prefetchers); 32 keeps away from that edge.
 const KB: usize = 32;
 
 /// How far along each row of B the micro-kernel prefetches: the tile after the next (128 B
-/// ahead of a 16-wide tile, 256 B of a 32-wide one), measured best of 0, 1, 2, 4 and 8 tiles
-/// ahead. Without it, some row strides (e.g. 11008 floats) ran 2.7× slower.
+/// ahead of a 16-wide tile, 256 B of a 32-wide one). At n = 4096, 0 to 4 tiles ahead measured
+/// alike; without it the row stride of 11008 floats ran 2.7× slower, with it as fast as the
+/// packed nest.
 const PREFETCH_TILES: usize = 2;
 
 /// Bytes of C rows a thread keeps in L2 across the k loop.
 const C_BLOCK_BYTES: usize = 1024 * 1024;
 
 /// The tile (MR, NV) this nest uses for an `m`-row product on `isa`, if it serves it: AVX-512,
-/// at most 16 rows (from 2 to 4 the skinny row-streaming path comes first), B's rows
-/// contiguous. 8×32 up to 8 rows, 16×16 (one vector per row) from 9 to 16.
+/// at most 16 rows (the skinny row-streaming path takes 2–4 rows first when C is
+/// row-contiguous), B's rows contiguous. 8×32 up to 8 rows, 16×16 (one vector per row) from 9
+/// to 16.
 pub(crate) fn tile_for(isa: crate::Isa, m: usize, b: &Strided) -> Option<(usize, usize)> {
     if isa != crate::Isa::Avx512 || b.cs != 1 {
         return None;
@@ -113,7 +117,7 @@ pub(crate) unsafe fn gemm_direct<S: Simd, const MR: usize, const NV: usize>(
                                     }
                                 } else {
                                     // SAFETY: rows pc..pc+kb and columns j..n lie inside B; `edge`
-                                    // holds KB·NR floats.
+                                    // holds kb_max·NR ≥ kb·NR floats.
                                     unsafe { pack_b_panels::<S, NV>(s, src, kb, cols, None, edge) };
                                     BPanel::packed(edge.as_ptr(), nr)
                                 };

@@ -87,7 +87,7 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
 ///
 /// # Safety
 /// `S::LANES == 16`, `V` even, `d = V·16`; `kb` holds `rows·d`, `q` holds `G·d` and `scores`
-/// holds `G·block` elements, `rows ≤ block`.
+/// holds `(G−1)·block + rows` elements, `rows ≤ block`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn dot_rows_transposed<
