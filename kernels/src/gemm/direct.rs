@@ -125,7 +125,9 @@ pub(crate) unsafe fn gemm_direct<S: Simd, const MR: usize, const NV: usize>(
                                 // kb rows hold NR floats each (B's rows pc.., columns j..j+NR, or
                                 // the padded copy); the tile lies inside C and this chunk alone
                                 // owns its columns.
-                                unsafe { microkernel::<S, MR, NV>(s, kb, a_rows, panel, tile) };
+                                unsafe {
+                                    microkernel::<S, MR, NV, true>(s, kb, a_rows, panel, tile)
+                                };
                             }
                         }
                     }

@@ -94,7 +94,7 @@ pub(crate) unsafe fn column_of_tiles<S: Simd, const MR: usize, const NV: usize>(
         // SAFETY: the caller vouches for the panels and the block; this tile is rows
         // ir..ir+MR of it.
         unsafe {
-            microkernel::<S, MR, NV>(
+            microkernel::<S, MR, NV, false>(
                 s,
                 kc,
                 a_packed.add(ir * kc),

@@ -57,14 +57,22 @@ impl BPanel {
     }
 }
 
-/// Runs one micro-tile.
+/// Runs one micro-tile. `IN_PLACE` false: `b` is a packed panel (`b.rs` and `b.ahead` are
+/// ignored; the stride is the constant NR, so the packed nests' k loop carries no runtime
+/// stride or prefetch test); true: B's rows in place, `b.rs` apart, with the optional
+/// prefetch.
 ///
 /// # Safety
 /// `a` holds `MR·kc` readable floats (a packed panel), and `b.ptr + p·b.rs` holds `NV·LANES`
 /// for every `p < kc`; `out.c` is valid for reads and writes at every `(i, j)` with
 /// `i < rows`, `j < cols`, and no other thread accesses those elements during the call.
 #[inline(always)]
-pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn microkernel<
+    S: Simd,
+    const MR: usize,
+    const NV: usize,
+    const IN_PLACE: bool,
+>(
     s: S,
     kc: usize,
     a: *const f32,
@@ -103,9 +111,10 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
         }
     }
     // A hint, never a fault, wherever it points.
+    let rs = if IN_PLACE { b.rs } else { nr };
     let prefetch_ahead = |p: usize| {
-        if b.ahead != 0 {
-            let row = b.ptr.wrapping_add(p * b.rs + b.ahead);
+        if IN_PLACE && b.ahead != 0 {
+            let row = b.ptr.wrapping_add(p * rs + b.ahead);
             for v in 0..NV {
                 prefetch(row.wrapping_add(v * lanes));
             }
@@ -117,14 +126,14 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
         prefetch_ahead(p + 1);
         // SAFETY: rows p and p + 1 < kc of both panels are in bounds.
         unsafe {
-            step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.ptr.add(p * b.rs));
-            step::<S, MR, NV>(s, &mut acc, a.add((p + 1) * MR), b.ptr.add((p + 1) * b.rs));
+            step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.ptr.add(p * rs));
+            step::<S, MR, NV>(s, &mut acc, a.add((p + 1) * MR), b.ptr.add((p + 1) * rs));
         }
         p += 2;
     }
     if p < kc {
         // SAFETY: `p < kc`, so row `p` of both panels is in bounds.
-        unsafe { step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.ptr.add(p * b.rs)) };
+        unsafe { step::<S, MR, NV>(s, &mut acc, a.add(p * MR), b.ptr.add(p * rs)) };
     }
 
     let alpha = s.splat(out.alpha);
@@ -132,7 +141,12 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize>(
     // however many of the MR rows are valid: vector loads and stores.
     if out.cols == nr && out.csc == 1 {
         let beta = s.splat(out.beta);
-        for (i, row) in acc.iter().enumerate().take(out.rows) {
+        // A test per row rather than `take(rows)`: a dynamic trip count over `acc` made LLVM
+        // keep the accumulators in memory for the whole k loop (2× slower at 512³).
+        for (i, row) in acc.iter().enumerate() {
+            if i >= out.rows {
+                continue;
+            }
             for (v, x) in row.iter().enumerate() {
                 // SAFETY: the tile is NR wide and row-contiguous and `i < rows`, so these NR
                 // floats of row `i` are inside it; the caller gave us exclusive access.
