@@ -19,12 +19,10 @@
 //! into a zero-padded panel first, so nothing beyond B is read.
 //!
 //! Measured against the streamed nest (B packed slab by slab), paired call by call in one
-//! process, huge-page operands, median time ratios. B streaming from DRAM (five or three
-//! different B matrices in rotation), one thread: 8×4096×4096 0.59×, 12×11008×4096 0.74×,
-//! 16×4096×4096 0.79×, 16×11008×4096 0.89×; two threads: 16×4096×4096 0.89×, 8×11008×4096
-//! 0.85×. The same B every call (it stays in this machine's 300 MiB LLC, as in the harness):
-//! 8-row products 0.66–0.83×, 16×4096×4096 0.95× (0.995× on two threads), 16×11008×4096
-//! 1.02×.
+//! process, huge-page operands, median time ratios. One thread, the same B every call (it
+//! stays in this machine's 300 MiB LLC, as in the harness): 8×4096×4096 0.62×, 12×4096×4096
+//! 0.95×, 16×4096×4096 0.92×, 16×11008×4096 0.79×; B streaming from DRAM (five B in rotation):
+//! 0.60×, 0.79×, 0.75×, 1.02×. Two threads: 0.85–0.97× (B hot), 0.90–1.02× (from DRAM).
 
 use super::loops::{Out, pack_a_block};
 use super::microkernel::{BPanel, microkernel};
