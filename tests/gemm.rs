@@ -585,8 +585,8 @@ fn streamed_b_edges() {
     }
 }
 
-/// Up to 16 rows against row-contiguous B on AVX-512 read B in place (the direct nest):
-/// tiles of 8×32 (≤ 8 rows) and 16×16 (9–16 rows) with partial rows, k across its 32-row
+/// Up to 16 rows against row-contiguous B on AVX-512 (6 on AVX2) read B in place (the direct
+/// nest): tiles of 8×32 (≤ 8 rows) and 16×16 (9–16 rows), and AVX2's 6×16, with partial rows, k across its 32-row
 /// blocks and k = 1, a right edge narrower than one tile (copied and zero-padded), n that is
 /// only an edge, several 1 MiB C blocks per thread on 1 and 2 threads (1024 tiles each: 16 rows
 /// × 32805 columns, 8 × 65573), strided C (the element-wise epilogue; 3 rows reach this nest

@@ -1,7 +1,7 @@
 //! The loop nest for products of one MR panel of rows (batched decode, short prefill chunks:
-//! up to 16 rows on AVX-512; 2–4 rows only when C is not row-contiguous, as the skinny path
-//! takes them otherwise, and 1 row is GEMV) against row-contiguous B: the micro-kernel reads
-//! B where it lies, and B is never packed.
+//! up to 16 rows on AVX-512, up to 6 on AVX2; 2–4 rows only when C is not row-contiguous, as
+//! the skinny path takes them otherwise, and 1 row is GEMV) against row-contiguous B: the
+//! micro-kernel reads B where it lies, and B is never packed.
 //!
 //! ```text
 //! A packed once: all m rows (one MR panel), all of k
@@ -14,15 +14,17 @@
 //! the arithmetic it feeds: every element is stored once more (stores that miss L1 and limit
 //! the copy to about L2 speed), and the copy runs as a phase in which no FMA runs, so memory
 //! time and arithmetic add up. Read in place, the loads of B are interleaved with the FMAs that
-//! use them, as KB sequential row streams. Tiles: 8×32 up to 8 rows, 16×16 from 9 to 16, so
-//! that one pass over B serves every row. A tile narrower than NR (B's right edge) is copied
+//! use them, as KB sequential row streams. Tiles: on AVX-512 8×32 up to 8 rows, 16×16 from 9
+//! to 16, so that one pass over B serves every row; on AVX2 the 6×16 tile up to 6 rows (a
+//! 12×8 tile for 7–12 rows measured 0.86–1.13× the streamed nest's time: not used). A tile narrower than NR (B's right edge) is copied
 //! into a zero-padded panel first, so nothing beyond B is read.
 //!
 //! Measured against the streamed nest (B packed slab by slab), paired call by call in one
 //! process, huge-page operands, median time ratios. One thread, the same B every call (it
 //! stays in this machine's 300 MiB LLC, as in the harness): 8×4096×4096 0.62×, 12×4096×4096
 //! 0.95×, 16×4096×4096 0.92×, 16×11008×4096 0.79×; B streaming from DRAM (five B in rotation):
-//! 0.60×, 0.79×, 0.75×, 1.02×. Two threads: 0.85–0.97× (B hot), 0.90–1.02× (from DRAM).
+//! 0.60×, 0.79×, 0.75×, 1.02×. Two threads: 0.85–0.97× (B hot), 0.90–1.02× (from DRAM). The
+//! AVX2 path forced on the same machine: 5 and 6 rows × 4096 × 4096 0.61–0.65×.
 
 use super::loops::{Out, pack_a_block};
 use super::microkernel::{BPanel, microkernel};
@@ -44,17 +46,18 @@ const PREFETCH_TILES: usize = 2;
 /// Bytes of C rows a thread keeps in L2 across the k loop.
 const C_BLOCK_BYTES: usize = 1024 * 1024;
 
-/// The tile (MR, NV) this nest uses for an `m`-row product on `isa`, if it serves it: AVX-512,
-/// at most 16 rows (the skinny row-streaming path takes 2–4 rows first when C is
-/// row-contiguous), B's rows contiguous. 8×32 up to 8 rows, 16×16 (one vector per row) from 9
-/// to 16.
+/// The tile (MR, NV) this nest uses for an `m`-row product on `isa`, if it serves it (the
+/// skinny row-streaming path takes 2–4 rows first when C is row-contiguous), B's rows
+/// contiguous: AVX-512 8×32 up to 8 rows and 16×16 (one vector per row) from 9 to 16; AVX2
+/// 6×16 up to 6 rows.
 pub(crate) fn tile_for(isa: crate::Isa, m: usize, b: &Strided) -> Option<(usize, usize)> {
-    if isa != crate::Isa::Avx512 || b.cs != 1 {
+    if b.cs != 1 {
         return None;
     }
-    match m {
-        1..=8 => Some((8, 2)),
-        9..=16 => Some((16, 1)),
+    match (isa, m) {
+        (crate::Isa::Avx512, 1..=8) => Some((8, 2)),
+        (crate::Isa::Avx512, 9..=16) => Some((16, 1)),
+        (crate::Isa::Avx2, 1..=6) => Some((6, 2)),
         _ => None,
     }
 }

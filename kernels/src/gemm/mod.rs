@@ -3,8 +3,8 @@
 //! - one output row or column: [`gemv`] streams B once (decode's `x·W`, `q·Kᵀ`);
 //! - two to four rows against row-contiguous B and C, or column-contiguous B (`x·Wᵀ`) and
 //!   row-contiguous A: [`skinny`] streams B without packing;
-//! - on AVX-512, up to 16 rows (one micro-tile panel) against row-contiguous B: [`direct`]
-//!   reads B in place, never packing it;
+//! - up to 16 rows on AVX-512 (6 on AVX2: one micro-tile panel) against row-contiguous B:
+//!   [`direct`] reads B in place, never packing it;
 //! - up to one L2 block of rows (`mc`) against row- or column-contiguous B: the blocked nest
 //!   with B packed just in time, slab by slab, so its memory stream overlaps the micro-kernel
 //!   ([`streamed`]);
@@ -136,6 +136,7 @@ pub fn gemm(
         with_simd!(exec.isa(), |s| match tile {
             (8, 2) => direct!(s, 8, 2),
             (16, 1) => direct!(s, 16, 1),
+            (6, 2) => direct!(s, 6, 2),
             other => unreachable!("no direct micro-kernel instantiated for {other:?}"),
         });
         return Ok(());
