@@ -99,6 +99,11 @@ pub struct ShapeArgs {
     /// qk:1x4096x128].
     #[arg(long, value_name = "LIST", help_heading = "Sweeps")]
     pub sizes: Option<String>,
+    /// Matmul: rotate each call through copies of B (and GEMV's same-bytes sum through copies of
+    /// its array) that together exceed twice the last-level cache, so B streams from DRAM as a
+    /// model's weights do, instead of being re-read from the LLC.
+    #[arg(long, help_heading = "Sweeps")]
+    pub cold_b: bool,
     /// Softmax row lengths [default: 128,1024,4096,32768].
     #[arg(long, value_name = "LIST", help_heading = "Sweeps")]
     pub row_lens: Option<String>,

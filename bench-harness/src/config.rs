@@ -134,6 +134,8 @@ pub struct RunConfig {
     pub isas: Vec<Isa>,
     /// Matmul shapes.
     pub sizes: Vec<MatShape>,
+    /// Matmul: B (and the GEMV roof's array) rotated through copies beyond the LLC.
+    pub cold_b: bool,
     /// Softmax row lengths.
     pub row_lens: Vec<usize>,
     /// Attention shapes.
@@ -433,6 +435,7 @@ fn build(a: &RunArgs) -> Result<RunConfig, String> {
         threads,
         isas,
         sizes,
+        cold_b: a.shape.cold_b,
         row_lens,
         attention,
         seq_lens,
@@ -463,6 +466,24 @@ mod tests {
         v.extend(args);
         let cli = Cli::try_parse_from(v)?;
         run_config(&cli.run)
+    }
+
+    #[test]
+    fn cold_b_rotates_copies_beyond_the_llc() {
+        let hot = cfg(&["matmul", "--sizes", "16x4096x4096"]).unwrap();
+        assert!(!hot.cold_b);
+        assert_eq!(crate::suites::matmul::b_copies(&hot, 64 << 20), 1);
+        let cold = cfg(&["matmul", "--sizes", "16x4096x4096", "--cold-b"]).unwrap();
+        assert!(cold.cold_b);
+        let llc = crate::machine::cache_bytes(3).unwrap_or(32 << 20) as u64;
+        for bytes in [1u64 << 20, 64 << 20, 1 << 30] {
+            let copies = crate::suites::matmul::b_copies(&cold, bytes) as u64;
+            assert!((2..=64).contains(&copies), "{bytes}: {copies}");
+            assert!(
+                copies * bytes >= (2 * llc).min(64 * bytes),
+                "{bytes}: {copies}"
+            );
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@ pub struct Ctx<'a> {
     /// Progress on stderr (hidden when quiet or not a terminal).
     pub bar: ProgressBar,
     pools: BTreeMap<usize, ThreadPool>,
-    /// Same-bytes read roofs measured so far, by (bytes, threads).
-    same_bytes: BTreeMap<(u64, usize), Roof>,
+    /// Same-bytes read roofs measured so far, by (bytes, threads, copies).
+    same_bytes: BTreeMap<(u64, usize, usize), Roof>,
     /// The array those sums read (kept for the next size that fits).
     sum_array: kernels::LargeBuffer<f32>,
 }
@@ -58,28 +58,39 @@ impl<'a> Ctx<'a> {
     }
 
     /// The read roof for a kernel that streams `bytes` once per call on `threads` threads:
-    /// a plain vectorised sum over an array of exactly that size, one pass per timed call,
-    /// measured now in this run (and cached for the run). `None` when peaks are off.
-    pub fn same_bytes_roof(&mut self, bytes: u64, threads: usize) -> Result<Option<Roof>> {
+    /// a plain vectorised sum over an array of exactly that size, one pass per timed call
+    /// (each pass over the next of `copies` such arrays, as a kernel rotating through copies
+    /// of its operand does), measured now in this run (and cached for the run). `None` when
+    /// peaks are off.
+    pub fn same_bytes_roof(
+        &mut self,
+        bytes: u64,
+        threads: usize,
+        copies: usize,
+    ) -> Result<Option<Roof>> {
         if !self.cfg.peak {
             return Ok(None);
         }
-        if let Some(r) = self.same_bytes.get(&(bytes, threads)) {
+        let copies = copies.max(1);
+        if let Some(r) = self.same_bytes.get(&(bytes, threads, copies)) {
             return Ok(Some(r.clone()));
         }
         let floats = (bytes / 4).max(1) as usize;
-        if self.sum_array.len() < floats {
+        if self.sum_array.len() < floats * copies {
             self.sum_array = kernels::LargeBuffer::zeroed(0);
-            self.sum_array = crate::peak::filled_array(self.pool(threads)?, floats);
+            self.sum_array = crate::peak::filled_array(self.pool(threads)?, floats * copies);
         }
         let isa = Isa::detected();
         let opts = self.cfg.measure;
-        let data = &self.sum_array[..floats];
+        let all = &self.sum_array[..floats * copies];
+        let mut turn = 0usize;
         let pool = self
             .pools
             .get(&threads)
             .expect("built by filled_array or above");
         let mut one_pass = || {
+            turn += 1;
+            let data = &all[(turn % copies) * floats..][..floats];
             let per = data.len().div_ceil(threads);
             let sums = pool.broadcast(|ctx| {
                 let lo = (ctx.index() * per).min(data.len());
@@ -97,12 +108,20 @@ impl<'a> Ctx<'a> {
         let roof = Roof {
             value: gbps,
             kind: RoofKind::Bandwidth,
-            label: format!(
-                "sum of same {:.1} MiB {threads}t: {gbps:.1} GB/s",
-                bytes as f64 / (1 << 20) as f64
-            ),
+            label: if copies > 1 {
+                format!(
+                    "sum of same {:.1} MiB ({copies} copies) {threads}t: {gbps:.1} GB/s",
+                    bytes as f64 / (1 << 20) as f64
+                )
+            } else {
+                format!(
+                    "sum of same {:.1} MiB {threads}t: {gbps:.1} GB/s",
+                    bytes as f64 / (1 << 20) as f64
+                )
+            },
         };
-        self.same_bytes.insert((bytes, threads), roof.clone());
+        self.same_bytes
+            .insert((bytes, threads, copies), roof.clone());
         Ok(Some(roof))
     }
 

@@ -63,7 +63,7 @@ fn fill_rates(
     r.gbps = Some(gbps);
     r.bytes = Some(kv_bytes);
     // The roof is a plain sum over exactly the KV bytes a step reads, on the same threads.
-    if let Some(roof) = ctx.same_bytes_roof(kv_bytes, threads)? {
+    if let Some(roof) = ctx.same_bytes_roof(kv_bytes, threads, 1)? {
         r.pct_peak = roof.pct(gbps);
         r.roof = Some(roof.label);
     }

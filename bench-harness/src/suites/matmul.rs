@@ -16,19 +16,33 @@ pub fn count(cfg: &RunConfig) -> u64 {
     (cfg.sizes.len() * (1 + cfg.isas.len() * cfg.threads.len())) as u64
 }
 
-/// Bytes allocated per shape: A, B, C, a reference copy of C, and packing buffers.
+/// Bytes allocated per shape: A, B (every copy, with `--cold-b`), C, a reference copy of C,
+/// and packing buffers.
 pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
     cfg.sizes
         .iter()
         .map(|s| {
+            let extra_b = s.b_bytes() * (b_copies(cfg, s.b_bytes()) as u64 - 1);
             (
                 format!("matmul {}x{}x{}", s.m, s.n, s.k),
                 s.bytes()
+                    .saturating_add(extra_b)
                     .saturating_add(4 * s.m as u64 * s.n as u64)
                     .saturating_add(16 << 20),
             )
         })
         .collect()
+}
+
+/// Copies of a `bytes`-sized operand that together exceed twice the last-level cache (32 MiB
+/// when unknown), so that rotating through them streams it from DRAM: 1 unless `--cold-b`;
+/// at most 64.
+pub fn b_copies(cfg: &RunConfig, bytes: u64) -> usize {
+    if !cfg.cold_b {
+        return 1;
+    }
+    let llc = crate::machine::cache_bytes(3).unwrap_or(32 << 20) as u64;
+    (2 * llc).div_ceil(bytes.max(1)).clamp(2, 64) as usize
 }
 
 /// Where B's elements sit: `(row_stride, col_stride)` within its buffer.
@@ -54,16 +68,20 @@ pub fn fill_rates(
         // Streaming B is the whole cost: compare bytes/s with the read roof.
         let gbps = s.b_bytes() as f64 / median / 1e9;
         r.gbps = Some(gbps);
-        // The roof: a plain sum over the same bytes as B, on the same threads, in this run.
-        if let Some(roof) = ctx.same_bytes_roof(s.b_bytes(), threads)? {
+        // The roof: a plain sum over the same bytes as B, on the same threads, in this run
+        // (rotating through as many copies as B does).
+        let copies = b_copies(ctx.cfg, s.b_bytes());
+        if let Some(roof) = ctx.same_bytes_roof(s.b_bytes(), threads, copies)? {
             r.pct_peak = roof.pct(gbps);
             r.roof = Some(roof.label);
         }
     } else {
         r.gbps = Some(s.bytes() as f64 / median / 1e9);
+        // The bandwidth tier follows the working set: every copy of B when they rotate.
+        let working_set = s.bytes() + s.b_bytes() * (b_copies(ctx.cfg, s.b_bytes()) as u64 - 1);
         if let Some(roof) = ctx
             .roofline
-            .attainable(isa, threads, s.flops(), s.bytes(), s.bytes())
+            .attainable(isa, threads, s.flops(), s.bytes(), working_set)
         {
             r.pct_peak = roof.pct(gflops);
             r.roof = Some(roof.label);
@@ -72,9 +90,13 @@ pub fn fill_rates(
     Ok(())
 }
 
-fn base_record(s: &MatShape) -> Record {
+fn base_record(s: &MatShape, copies: usize) -> Record {
     Record {
-        shape: Some(s.label.clone()),
+        shape: Some(if copies > 1 {
+            format!("{} (B cold: {copies} copies)", s.label)
+        } else {
+            s.label.clone()
+        }),
         m: Some(s.m),
         n: Some(s.n),
         k: Some(s.k),
@@ -90,14 +112,32 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
     for s in &cfg.sizes {
         let (m, n, k) = (s.m, s.n, s.k);
         let a = random_vec(1, m * k);
-        let b = random_vec(2, k * n);
+        let copies = b_copies(cfg, s.b_bytes());
+        let b_first = random_vec(2, k * n);
+        // Identical copies, so every call computes the same C.
+        let mut bs = vec![b_first];
+        for _ in 1..copies {
+            let mut copy = kernels::LargeBuffer::zeroed(k * n);
+            copy.copy_from_slice(&bs[0]);
+            bs.push(copy);
+        }
         let mut c = vec![0.0f32; m * n];
         let (rsb, csb) = b_strides(s);
         let av = MatRef::row_major(&a, m, k)?;
-        let bv = MatRef::new(&b, k, n, rsb, csb)?;
+        let bvs = bs
+            .iter()
+            .map(|b| MatRef::new(b, k, n, rsb, csb))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
         let name = format!("{} {m}x{n}x{k}", s.label);
+        // The copy each timed call reads next.
+        let mut turn = 0usize;
+        let mut next_b = move || {
+            turn += 1;
+            turn % copies
+        };
 
         let base = ctx.time(1, &format!("matmul {name} {BASELINE}"), || {
+            let b = &bs[next_b()];
             // SAFETY: `a` holds m×k row-major floats, `b` holds the k×n view with strides
             // (rsb, csb) (checked by `MatRef::new` above), `c` holds m×n row-major floats and
             // is exclusively borrowed; all outlive the call.
@@ -128,7 +168,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
             isa: Some("auto".into()),
             threads: Some(1),
             vs_baseline: Some(1.0),
-            ..base_record(s)
+            ..base_record(s, copies)
         }
         .with_stats(&base);
         fill_rates(ctx, &mut rec, s, detected, 1)?;
@@ -144,7 +184,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         &exec,
                         1.0,
                         av,
-                        bv,
+                        bvs[next_b()],
                         0.0,
                         &mut MatMut::row_major(&mut c, m, n)?,
                         &mut ws,
@@ -157,7 +197,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                     threads: Some(t),
                     vs_baseline: Some(base.median / st.median),
                     note: (err > 1e-3).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
-                    ..base_record(s)
+                    ..base_record(s, copies)
                 }
                 .with_stats(&st);
                 fill_rates(ctx, &mut rec, s, isa, t)?;
