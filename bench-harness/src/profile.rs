@@ -78,18 +78,23 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
         Suite::Matmul => {
             let s = cfg.sizes[0].clone();
             let (m, n, k) = (s.m, s.n, s.k);
-            let (a, b) = (random_vec(1, m * k), random_vec(2, k * n));
+            let a = random_vec(1, m * k);
+            // `--cold-b`: identical copies of B in rotation, as in the matmul suite.
+            let copies = crate::suites::matmul::b_copies(&cfg, s.b_bytes());
+            let bs: Vec<_> = (0..copies).map(|_| random_vec(2, k * n)).collect();
+            let mut turn = 0usize;
             let mut c = vec![0.0f32; m * n];
             let mut ws = GemmWorkspace::new();
             let (rsb, csb) = b_strides(&s);
             (
-                format!("matmul {} {m}x{n}x{k}", s.label),
+                format!("matmul {} {m}x{n}x{k} (B copies: {copies})", s.label),
                 Box::new(move || {
+                    turn += 1;
                     gemm(
                         &exec,
                         1.0,
                         MatRef::row_major(&a, m, k)?,
-                        MatRef::new(&b, k, n, rsb, csb)?,
+                        MatRef::new(&bs[turn % copies], k, n, rsb, csb)?,
                         0.0,
                         &mut MatMut::row_major(&mut c, m, n)?,
                         &mut ws,
