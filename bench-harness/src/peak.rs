@@ -327,9 +327,9 @@ pub fn measure_read(
 /// Fills an array with small values on the pool's threads (first touch spreads its pages).
 /// It is a [`LargeBuffer`] (huge pages where the OS allows), like the KV cache, so a kernel and
 /// the sum it is compared with pay the same address translation.
-pub fn filled_array(pool: &ThreadPool, floats: usize) -> LargeBuffer<f32> {
+pub fn filled_array(pool: &ThreadPool, floats: usize) -> Result<LargeBuffer<f32>> {
     use rayon::prelude::*;
-    let mut v = LargeBuffer::<f32>::zeroed(floats);
+    let mut v = LargeBuffer::<f32>::zeroed(floats)?;
     pool.install(|| {
         v.par_chunks_mut(1 << 16)
             .enumerate()
@@ -339,7 +339,7 @@ pub fn filled_array(pool: &ThreadPool, floats: usize) -> LargeBuffer<f32> {
                 }
             })
     });
-    v
+    Ok(v)
 }
 
 /// Sum of `x` with the vector width of `isa` (8 independent accumulators, so the adds never
@@ -522,7 +522,7 @@ mod tests {
         };
         let f = measure_fma(&pool, Isa::detected(), &opts).unwrap();
         assert!(f.gflops > 0.0);
-        let data = filled_array(&pool, 1 << 14);
+        let data = filled_array(&pool, 1 << 14).unwrap();
         let b = measure_read(&pool, Isa::detected(), Tier::L2, &data, &opts).unwrap();
         assert_eq!(b.array_bytes, 1 << 16);
         assert_eq!(b.bytes, READ_BYTES_PER_CALL);

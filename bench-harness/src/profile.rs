@@ -78,10 +78,10 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
         Suite::Matmul => {
             let s = cfg.sizes[0].clone();
             let (m, n, k) = (s.m, s.n, s.k);
-            let a = random_vec(1, m * k);
+            let a = random_vec(1, m * k)?;
             // `--cold-b`: identical copies of B in rotation, as in the matmul suite.
-            let copies = crate::suites::matmul::b_copies(&cfg, s.b_bytes());
-            let bs: Vec<_> = (0..copies).map(|_| random_vec(2, k * n)).collect();
+            let bs = crate::suites::matmul::b_buffers(&cfg, &s)?;
+            let copies = bs.len();
             let mut turn = 0usize;
             let mut c = vec![0.0f32; m * n];
             let mut ws = GemmWorkspace::new();
@@ -106,7 +106,7 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
         Suite::Softmax => {
             let len = cfg.row_lens[0];
             let rows = crate::suites::softmax::rows_for(len);
-            let mut data = random_vec(3, rows * len);
+            let mut data = random_vec(3, rows * len)?;
             (
                 format!("softmax {rows}×{len}"),
                 Box::new(move || {

@@ -53,7 +53,7 @@ impl<'a> Ctx<'a> {
             bar,
             pools: BTreeMap::new(),
             same_bytes: BTreeMap::new(),
-            sum_array: kernels::LargeBuffer::zeroed(0),
+            sum_array: kernels::LargeBuffer::default(),
         }
     }
 
@@ -77,8 +77,9 @@ impl<'a> Ctx<'a> {
         }
         let floats = (bytes / 4).max(1) as usize;
         if self.sum_array.len() < floats * copies {
-            self.sum_array = kernels::LargeBuffer::zeroed(0);
-            self.sum_array = crate::peak::filled_array(self.pool(threads)?, floats * copies);
+            // Freed before the larger one is filled, so the two never coexist.
+            self.sum_array = kernels::LargeBuffer::default();
+            self.sum_array = crate::peak::filled_array(self.pool(threads)?, floats * copies)?;
         }
         let isa = Isa::detected();
         let opts = self.cfg.measure;
@@ -108,17 +109,15 @@ impl<'a> Ctx<'a> {
         let roof = Roof {
             value: gbps,
             kind: RoofKind::Bandwidth,
-            label: if copies > 1 {
-                format!(
-                    "sum of same {:.1} MiB ({copies} copies) {threads}t: {gbps:.1} GB/s",
-                    bytes as f64 / (1 << 20) as f64
-                )
-            } else {
-                format!(
-                    "sum of same {:.1} MiB {threads}t: {gbps:.1} GB/s",
-                    bytes as f64 / (1 << 20) as f64
-                )
-            },
+            label: format!(
+                "sum of same {:.1} MiB{} {threads}t: {gbps:.1} GB/s",
+                bytes as f64 / (1 << 20) as f64,
+                if copies > 1 {
+                    format!(" ({copies} copies)")
+                } else {
+                    String::new()
+                }
+            ),
         };
         self.same_bytes
             .insert((bytes, threads, copies), roof.clone());
@@ -165,12 +164,12 @@ pub fn exec_for(isa: Isa) -> Result<Exec> {
 
 /// `n` seeded uniform values in [-1, 1), in a [`kernels::LargeBuffer`] (huge pages where the
 /// OS allows), as an engine would keep its weights and as the read roofs' arrays are kept.
-pub fn random_vec(seed: u64, n: usize) -> kernels::LargeBuffer<f32> {
+pub fn random_vec(seed: u64, n: usize) -> Result<kernels::LargeBuffer<f32>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut v = kernels::LargeBuffer::zeroed(n);
+    let mut v = kernels::LargeBuffer::zeroed(n)?;
     v.iter_mut()
         .for_each(|x| *x = rng.random_range(-1.0f32..1.0));
-    v
+    Ok(v)
 }
 
 /// Largest `|a − b|` relative to the largest `|b|` (0 for empty inputs).

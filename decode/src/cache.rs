@@ -104,8 +104,8 @@ impl KvCache {
         cfg.validate()?;
         let n = cfg.total_elements().expect("validated");
         let storage = match cfg.dtype {
-            KvDtype::F32 => Storage::F32(LargeBuffer::zeroed(n)),
-            KvDtype::Bf16 => Storage::Bf16(LargeBuffer::zeroed(n)),
+            KvDtype::F32 => Storage::F32(LargeBuffer::zeroed(n)?),
+            KvDtype::Bf16 => Storage::Bf16(LargeBuffer::zeroed(n)?),
         };
         Ok(Self {
             cfg,

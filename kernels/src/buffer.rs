@@ -50,25 +50,36 @@ enum Storage<T> {
     Mapped(mapped::Mapping<T>),
 }
 
+impl<T: Zeroable> Default for LargeBuffer<T> {
+    /// An empty buffer (no allocation).
+    fn default() -> Self {
+        Self {
+            storage: Storage::Heap(Vec::new()),
+        }
+    }
+}
+
 impl<T: Zeroable> LargeBuffer<T> {
-    /// `len` zeros. Panics if `len · size_of::<T>()` overflows, and aborts when memory is
-    /// exhausted, as `vec![T::ZERO; len]` would.
-    pub fn zeroed(len: usize) -> Self {
+    /// `len` zeros. [`KernelError::SizeOverflow`](crate::KernelError::SizeOverflow) when
+    /// `len · size_of::<T>()` exceeds `isize::MAX` bytes; aborts when memory is exhausted, as
+    /// `vec![T::ZERO; len]` would.
+    pub fn zeroed(len: usize) -> crate::Result<Self> {
         let bytes = len
             .checked_mul(std::mem::size_of::<T>())
-            .expect("LargeBuffer size overflows usize");
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or(crate::KernelError::SizeOverflow)?;
         #[cfg(target_os = "linux")]
         if bytes >= HUGE_PAGE_BYTES
             && let Some(m) = mapped::Mapping::new(len)
         {
-            return Self {
+            return Ok(Self {
                 storage: Storage::Mapped(m),
-            };
+            });
         }
         let _ = bytes;
-        Self {
+        Ok(Self {
             storage: Storage::Heap(vec![T::ZERO; len]),
-        }
+        })
     }
 
     /// Whether the OS accepted the huge-page advice for this buffer (it may still back parts
@@ -203,7 +214,7 @@ mod tests {
     #[test]
     fn small_and_large_buffers_are_zeroed_writable_and_aligned() {
         for len in [0, 1, 1000, HUGE_PAGE_BYTES / 4 - 1, HUGE_PAGE_BYTES / 4 + 3] {
-            let mut b = LargeBuffer::<f32>::zeroed(len);
+            let mut b = LargeBuffer::<f32>::zeroed(len).unwrap();
             assert_eq!(b.len(), len);
             assert!(b.iter().all(|&x| x.to_bits() == 0));
             for (i, x) in b.iter_mut().enumerate() {
@@ -214,7 +225,12 @@ mod tests {
                 assert_eq!(b.as_ptr() as usize % HUGE_PAGE_BYTES, 0, "len {len}");
             }
         }
-        let h = LargeBuffer::<crate::Bf16>::zeroed(HUGE_PAGE_BYTES);
+        let h = LargeBuffer::<crate::Bf16>::zeroed(HUGE_PAGE_BYTES).unwrap();
+        assert!(LargeBuffer::<f32>::default().is_empty());
+        assert_eq!(
+            LargeBuffer::<f32>::zeroed(usize::MAX / 2).err(),
+            Some(crate::KernelError::SizeOverflow)
+        );
         assert!(h.iter().all(|x| x.0 == 0));
         assert!(format!("{h:?}").contains("len"));
     }

@@ -10,8 +10,8 @@
 //!
 //! Measured over every finite f32 input (`cargo run --release -p kernels --example exp_ulp`),
 //! against `f64::exp` rounded to f32: at most 1 ulp on every path, the portable one included
-//! (see the README for the exact counts). Specials: exp(−∞) = +0 exactly, exp(+∞) = +∞, exp(NaN) = NaN;
-//! results overflow to +∞ for x > 88.72283 and are exactly +0 for x < −103.97208.
+//! (see the README for the exact counts). Specials: exp(−∞) = +0 exactly, exp(+∞) = +∞,
+//! exp(NaN) = NaN; results overflow to +∞ for x > 88.72283 and are exactly +0 for x < −103.97208.
 
 use crate::arch::{Simd, with_simd};
 use crate::error::{Result, check_dim};

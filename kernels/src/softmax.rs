@@ -286,8 +286,8 @@ unsafe fn max_of_while_scaling<S: Simd>(s: S, p: *const f32, n: usize, pending: 
 
 /// Writes `exp(scale·(src_i − max))` to `dst` and returns their sum (f64-accumulated). The
 /// difference is taken before scaling: `src_i − max` is exactly 0 at the max, exact within a
-/// factor 2 of it (Sterbenz) and never positive, whereas `scale·src_i − scale·max` would leave the rounding error of
-/// `scale·max` (huge for logits near 1e30) in every exponent.
+/// factor 2 of it (Sterbenz) and never positive, whereas `scale·src_i − scale·max` would leave
+/// the rounding error of `scale·max` (huge for logits near 1e30) in every exponent.
 ///
 /// The exponential is `2^t` with `t = (src_i − max)·(scale·log₂e)`: `exp2` needs no Cody–Waite
 /// reduction, so this costs about half of `exp`'s instructions. Each weight's relative error is
@@ -333,8 +333,7 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
 /// t is rounded once (the two-step form rounds twice). What `hi` leaves out of `max·c` (at most
 /// half an ulp of it) shifts every exponent alike, scaling all weights by one factor that
 /// normalising cancels; see [`FUSED_MAX_SHIFT`] for how large that shift may be (larger logits
-/// take [`exp_shifted_sum`]). Only for a whole row: callers that merge
-/// sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
+/// take [`exp_shifted_sum`]). Only for a whole row: callers that merge sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
 /// multiply-add take it too. `next`: the next row, to prefetch meanwhile (see
 /// [`NEXT_ROW_PREFETCH`]).
 ///
@@ -391,8 +390,7 @@ const FUSED: ExponentForm = 2;
 /// Writes `2^t` to `dst` for every `src` element, `t` formed per `FORM`, and returns the sum.
 /// With `PREFETCH`, the `n` floats at `next` (the next row, whose max pass comes next) are
 /// asked into L1 meanwhile, one hint per vector (a line each on 16-lane paths); prefetches
-/// never fault, so `next` need not be
-/// readable.
+/// never fault, so `next` need not be readable.
 ///
 /// # Safety
 /// As for [`exp_shifted_sum`].
@@ -423,9 +421,9 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH
     // SAFETY: every offset stays below `n`.
     unsafe {
         // Blocks of 8 vectors are summed in f32 (8 terms per lane, so at most 7 roundings of
-        // values ≤ 1.0002: a relative error under 5e-7 on the block's sum) and only the block sums
-        // are widened into f64, alternating between two accumulators: the widening then costs
-        // an eighth of what it would per vector (summing the block in two f32 parts and
+        // values ≤ 1.0002: a relative error under 5e-7 on the block's sum) and only the block
+        // sums are widened into f64, alternating between two accumulators: the widening then
+        // costs an eighth of what it would per vector (summing the block in two f32 parts and
         // widening both measured 2% slower).
         let mut block = 0;
         while i + 8 * lanes <= full {

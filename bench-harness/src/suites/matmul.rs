@@ -22,11 +22,10 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
     cfg.sizes
         .iter()
         .map(|s| {
-            let extra_b = s.b_bytes() * (b_copies(cfg, s.b_bytes()) as u64 - 1);
             (
                 format!("matmul {}x{}x{}", s.m, s.n, s.k),
                 s.bytes()
-                    .saturating_add(extra_b)
+                    .saturating_add(extra_b_bytes(cfg, s))
                     .saturating_add(4 * s.m as u64 * s.n as u64)
                     .saturating_add(16 << 20),
             )
@@ -43,6 +42,26 @@ pub fn b_copies(cfg: &RunConfig, bytes: u64) -> usize {
     }
     let llc = crate::machine::cache_bytes(3).unwrap_or(32 << 20) as u64;
     (2 * llc).div_ceil(bytes.max(1)).clamp(2, 64) as usize
+}
+
+/// Bytes of the copies of B beyond the first (0 unless `--cold-b`).
+fn extra_b_bytes(cfg: &RunConfig, s: &MatShape) -> u64 {
+    s.b_bytes() * (b_copies(cfg, s.b_bytes()) as u64 - 1)
+}
+
+/// B's buffer(s): [`b_copies`] identical copies of seeded random values, so every call
+/// computes the same C whichever copy it reads.
+pub fn b_buffers(cfg: &RunConfig, s: &MatShape) -> Result<Vec<kernels::LargeBuffer<f32>>> {
+    let copies = b_copies(cfg, s.b_bytes());
+    let first = random_vec(2, s.k * s.n)?;
+    let mut bs = Vec::with_capacity(copies);
+    for _ in 1..copies {
+        let mut copy = kernels::LargeBuffer::zeroed(first.len())?;
+        copy.copy_from_slice(&first);
+        bs.push(copy);
+    }
+    bs.push(first);
+    Ok(bs)
 }
 
 /// Where B's elements sit: `(row_stride, col_stride)` within its buffer.
@@ -78,7 +97,7 @@ pub fn fill_rates(
     } else {
         r.gbps = Some(s.bytes() as f64 / median / 1e9);
         // The bandwidth tier follows the working set: every copy of B when they rotate.
-        let working_set = s.bytes() + s.b_bytes() * (b_copies(ctx.cfg, s.b_bytes()) as u64 - 1);
+        let working_set = s.bytes() + extra_b_bytes(ctx.cfg, s);
         if let Some(roof) = ctx
             .roofline
             .attainable(isa, threads, s.flops(), s.bytes(), working_set)
@@ -111,16 +130,9 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for s in &cfg.sizes {
         let (m, n, k) = (s.m, s.n, s.k);
-        let a = random_vec(1, m * k);
-        let copies = b_copies(cfg, s.b_bytes());
-        let b_first = random_vec(2, k * n);
-        // Identical copies, so every call computes the same C.
-        let mut bs = vec![b_first];
-        for _ in 1..copies {
-            let mut copy = kernels::LargeBuffer::zeroed(k * n);
-            copy.copy_from_slice(&bs[0]);
-            bs.push(copy);
-        }
+        let a = random_vec(1, m * k)?;
+        let bs = b_buffers(cfg, s)?;
+        let copies = bs.len();
         let mut c = vec![0.0f32; m * n];
         let (rsb, csb) = b_strides(s);
         let av = MatRef::row_major(&a, m, k)?;

@@ -62,7 +62,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
             "peak: filling {}",
             crate::machine::fmt_bytes(bytes as u64)
         ));
-        let data = filled_array(ctx.pool(max_t)?, bytes / 4);
+        let data = filled_array(ctx.pool(max_t)?, bytes / 4)?;
         for &t in &threads {
             // The L2 tier gives every thread its own L2-sized part.
             let part = match tier {

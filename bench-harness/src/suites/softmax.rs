@@ -77,7 +77,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
     let mut out = Vec::new();
     for &len in &cfg.row_lens {
         let rows = rows_for(len);
-        let input: Vec<f32> = random_vec(3, rows * len).iter().map(|x| 8.0 * x).collect();
+        let input: Vec<f32> = random_vec(3, rows * len)?.iter().map(|x| 8.0 * x).collect();
         let mut work = input.clone();
         let template = Record {
             shape: Some(format!("{rows}×{len}")),

@@ -149,9 +149,9 @@ pub(crate) mod exp_consts {
 /// (one rounding, only for −1 < t < 0), `2^f` by the degree-6 polynomial `P` (relative-error
 /// fit: 1.9e-9 before f32 rounding, 0.7 ulp after), and the scaling by 2^⌊t⌋ rounded once, also
 /// into the subnormal range (AVX-512: f by `vreduceps`, scaling by `vscalefps`, no clamp;
-/// elsewhere t is clamped to [LO, HI] first and scaled by two normal factors). Max error over every
-/// finite f32 (`--example exp_ulp`): 1 ulp on AVX-512 and AVX2, 2 ulp on the portable path
-/// built without FMA (its Horner steps round twice).
+/// elsewhere t is clamped to [LO, HI] first and scaled by two normal factors). Max error over
+/// every finite f32 (`--example exp_ulp`): 1 ulp on AVX-512 and AVX2, 2 ulp on the portable
+/// path built without FMA (its Horner steps round twice).
 pub(crate) mod exp2_consts {
     /// 2^−151 rounds to +0 and 2^129 overflows, so clamping changes no result.
     pub const LO: f32 = -151.0;

@@ -16,8 +16,9 @@
 //! time and arithmetic add up. Read in place, the loads of B are interleaved with the FMAs that
 //! use them, as KB sequential row streams. Tiles: on AVX-512 8×32 up to 8 rows, 16×16 from 9
 //! to 16, so that one pass over B serves every row; on AVX2 the 6×16 tile up to 6 rows (a
-//! 12×8 tile for 7–12 rows measured 0.86–1.13× the streamed nest's time: not used). A tile narrower than NR (B's right edge) is copied
-//! into a zero-padded panel first, so nothing beyond B is read.
+//! 12×8 tile for 7–12 rows measured 0.86–1.13× the streamed nest's time: not used). A tile
+//! narrower than NR (B's right edge) is copied into a zero-padded panel first, so nothing
+//! beyond B is read.
 //!
 //! Measured against the streamed nest (B packed slab by slab), paired call by call in one
 //! process, huge-page operands, median time ratios. One thread, the same B every call (it

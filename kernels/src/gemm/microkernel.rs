@@ -110,9 +110,9 @@ pub(crate) unsafe fn microkernel<
             }
         }
     }
-    // A hint, never a fault, wherever it points.
     let rs = if IN_PLACE { b.rs } else { nr };
     let prefetch_ahead = |p: usize| {
+        // A hint, never a fault, wherever it points.
         if IN_PLACE && b.ahead != 0 {
             let row = b.ptr.wrapping_add(p * rs + b.ahead);
             for v in 0..NV {

@@ -121,8 +121,7 @@ pub fn gemm(
     // A few rows against row-contiguous B and C (the portable path): stream B once, without
     // packing it.
     if m <= skinny::MAX_ROWS && b.col_stride() == 1 && c.col_stride() == 1 {
-        let (sa, sb) = (strided_of(&a), strided_of(&b));
-        let (cp, rsc) = (SharedMut(c.as_mut_ptr()), c.row_stride());
+        let (cp, rsc) = (out.c, out.rsc);
         let acc = ws.b.get(skinny::workspace_len(m, n));
         with_simd!(exec.isa(), |s| {
             // SAFETY: A (m×k) and B (k×n, unit column stride) are validated views; C is m×n
@@ -133,8 +132,7 @@ pub fn gemm(
     }
     // A few rows against column-contiguous B (x·Wᵀ): each column of B dotted with all of A.
     if m <= skinny::MAX_ROWS && b.row_stride() == 1 && a.col_stride() == 1 {
-        let (sa, sb) = (strided_of(&a), strided_of(&b));
-        let (cp, strides) = (SharedMut(c.as_mut_ptr()), (c.row_stride(), c.col_stride()));
+        let (cp, strides) = (out.c, (out.rsc, out.csc));
         with_simd!(exec.isa(), |s| {
             // SAFETY: A (m×k, unit column stride) and B (k×n, unit row stride) are validated
             // views; C is m×n with distinct elements, borrowed mutably for the call.

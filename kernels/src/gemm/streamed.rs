@@ -16,8 +16,8 @@
 //! consume from cache, and the memory stream of B overlaps them. Each output element still sees
 //! the same sequence of micro-kernel calls whatever the thread count.
 //!
-//! On AVX-512, products of up to 16 rows against row-contiguous B take the direct nest instead
-//! (B read in place; see `direct.rs`); this nest serves the rest.
+//! Products of up to 16 rows (AVX-512; 6 on AVX2) against row-contiguous B take the direct nest
+//! instead (B read in place; see `direct.rs`); this nest serves the rest.
 //!
 //! Measured against the blocked nest on 4096×4096 B, in one process with the two alternating
 //! call by call (median of the paired ratios, busy shared machine): m = 16 1.2–1.4× faster on

@@ -152,8 +152,8 @@ unsafe fn dot_rows_transposed<
 /// [`dot_rows_group`] for a head of exactly `V` vectors, the key row held in `V` registers.
 ///
 /// # Safety
-/// `d = V·LANES`; `kb` holds `rows·d`, `q` holds `g·d` and `scores` holds `(g−1)·block + rows` elements,
-/// `rows ≤ block`.
+/// `d = V·LANES`; `kb` holds `rows·d`, `q` holds `g·d` and `scores` holds
+/// `(g−1)·block + rows` elements, `rows ≤ block`.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize, const PERM: bool>(
