@@ -177,6 +177,12 @@ pub struct TimingArgs {
     /// Skip measuring the peaks (no % of roof).
     #[arg(long, help_heading = "Timing")]
     pub no_peak: bool,
+    /// Matmul and attention: interleave every timed sample with a sample of the kernel's roof
+    /// (the FMA probe on the same threads, or the sum over the same bytes) and report the
+    /// median of the per-round ratios as `pct_peak_paired`. On a shared machine a neighbour's
+    /// load then slows both sides of each ratio alike. About doubles those measurements' time.
+    #[arg(long, help_heading = "Timing")]
+    pub paired: bool,
 }
 
 /// Report formats.

@@ -159,6 +159,8 @@ pub struct RunConfig {
     /// Measure the roofs (and report them): when `peak` is named, or a timed suite runs
     /// without `--no-peak`.
     pub peak: bool,
+    /// Interleave matmul and attention samples with their roof's (`--paired`).
+    pub paired: bool,
     /// Roof array sizes.
     pub roof_sizes: RoofSizes,
     /// Report format.
@@ -431,6 +433,7 @@ fn build(a: &RunArgs) -> Result<RunConfig, String> {
     };
     Ok(RunConfig {
         peak: named_peak || (!a.timing.no_peak && suites.iter().any(|s| s.is_timed())),
+        paired: a.timing.paired,
         suites,
         threads,
         isas,

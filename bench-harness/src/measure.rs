@@ -87,18 +87,7 @@ pub fn measure(
     opts: &MeasureOpts,
     mut f: impl FnMut() -> Result<(), HarnessError>,
 ) -> Result<Stats, HarnessError> {
-    let mut last = 0.0;
-    for _ in 0..opts.warmup.max(1) {
-        let t = Instant::now();
-        f()?;
-        last = t.elapsed().as_secs_f64();
-    }
-    let batch = if opts.min_time > 0.0 {
-        let target = (opts.min_time / 20.0).clamp(1e-4, 0.02);
-        ((target / last.max(1e-9)).ceil() as usize).clamp(1, 1_000_000)
-    } else {
-        1
-    };
+    let batch = warm_up(opts, &mut f)?;
     let reps = opts.reps.max(1);
     let mut samples = Vec::with_capacity(reps.max(16));
     let start = Instant::now();
@@ -117,6 +106,79 @@ pub fn measure(
         }
     }
     Ok(Stats::from_samples(&samples, batch))
+}
+
+/// Runs the warm-up calls and returns the calls per sample: enough for one sample to last
+/// about `min_time / 20` (1 when `min_time` is 0).
+fn warm_up(
+    opts: &MeasureOpts,
+    f: &mut impl FnMut() -> Result<(), HarnessError>,
+) -> Result<usize, HarnessError> {
+    let mut last = 0.0;
+    for _ in 0..opts.warmup.max(1) {
+        let t = Instant::now();
+        f()?;
+        last = t.elapsed().as_secs_f64();
+    }
+    Ok(if opts.min_time > 0.0 {
+        let target = (opts.min_time / 20.0).clamp(1e-4, 0.02);
+        ((target / last.max(1e-9)).ceil() as usize).clamp(1, 1_000_000)
+    } else {
+        1
+    })
+}
+
+/// One batch of calls: `run(n)` makes `n` calls (one closure per batch, so that a kernel can
+/// enter its thread pool once per sample rather than once per call).
+pub type Batch<'a> = &'a mut dyn FnMut(usize) -> Result<(), HarnessError>;
+
+/// Times several closures in alternation, per [`MeasureOpts`] (each one warmed up and batched
+/// on its own; `min_time`/`max_time` apply to each): every round takes one sample of each in
+/// turn, so a neighbour's burst on a shared machine slows all of them alike and the per-round
+/// ratios stay steady where the separate medians drift. Returns each closure's per-call
+/// sample times, round by round.
+pub fn measure_interleaved(
+    opts: &MeasureOpts,
+    batches: &mut [Batch<'_>],
+) -> Result<Vec<Vec<f64>>, HarnessError> {
+    let mut sizes = Vec::with_capacity(batches.len());
+    for run in batches.iter_mut() {
+        sizes.push(warm_up(opts, &mut || run(1))?);
+    }
+    let n = batches.len().max(1) as f64;
+    let mut samples = vec![Vec::new(); batches.len()];
+    let start = Instant::now();
+    loop {
+        for ((run, &batch), out) in batches.iter_mut().zip(&sizes).zip(&mut samples) {
+            let t = Instant::now();
+            run(batch)?;
+            out.push(t.elapsed().as_secs_f64() / batch as f64);
+        }
+        let rounds = samples.first().map_or(0, Vec::len);
+        let spent = start.elapsed().as_secs_f64() / n;
+        if (rounds >= opts.reps.max(1) && spent >= opts.min_time)
+            || spent >= opts.max_time
+            || rounds >= MAX_SAMPLES
+        {
+            break;
+        }
+    }
+    Ok(samples)
+}
+
+/// Median over rounds of `num[i] / den[i]` (NaN when empty).
+pub fn median_ratio(num: &[f64], den: &[f64]) -> f64 {
+    let mut r: Vec<f64> = num.iter().zip(den).map(|(a, b)| a / b).collect();
+    if r.is_empty() {
+        return f64::NAN;
+    }
+    r.sort_by(f64::total_cmp);
+    let n = r.len();
+    if n % 2 == 1 {
+        r[n / 2]
+    } else {
+        0.5 * (r[n / 2 - 1] + r[n / 2])
+    }
 }
 
 /// Formats seconds with a unit that keeps 3–4 significant digits (`812 ns`, `3.41 ms`).
@@ -172,6 +234,36 @@ mod tests {
         .unwrap();
         assert_eq!(s.samples, 5);
         assert_eq!(calls, 7);
+    }
+
+    #[test]
+    fn interleaved_rounds_alternate() {
+        let opts = MeasureOpts {
+            warmup: 1,
+            reps: 4,
+            min_time: 0.0,
+            max_time: 10.0,
+        };
+        let order = std::cell::RefCell::new(Vec::new());
+        let mut a = |n: usize| {
+            order.borrow_mut().push(('a', n));
+            Ok(())
+        };
+        let mut b = |n: usize| {
+            order.borrow_mut().push(('b', n));
+            Ok(())
+        };
+        let s = measure_interleaved(&opts, &mut [&mut a, &mut b]).unwrap();
+        assert_eq!((s.len(), s[0].len(), s[1].len()), (2, 4, 4));
+        let order = order.into_inner();
+        // Warm-up of each, then a, b, a, b, ... one call per sample (min_time 0).
+        assert_eq!(&order[..2], &[('a', 1), ('b', 1)]);
+        for pair in order[2..].chunks(2) {
+            assert_eq!(pair, &[('a', 1), ('b', 1)]);
+        }
+        assert_eq!(median_ratio(&[2.0, 9.0, 4.0], &[1.0, 3.0, 1.0]), 3.0);
+        assert_eq!(median_ratio(&[1.0, 3.0], &[1.0, 1.0]), 2.0);
+        assert!(median_ratio(&[], &[]).is_nan());
     }
 
     #[test]

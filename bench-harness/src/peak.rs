@@ -260,17 +260,11 @@ impl Roofline {
 
 /// Times the FMA probe on every thread of `pool` at once.
 pub fn measure_fma(pool: &ThreadPool, isa: Isa, opts: &MeasureOpts) -> Result<FmaPeak> {
-    // Calibrate: one call of about 10 ms per thread (less when timing is minimal).
-    let probe = 1usize << 14;
-    let t = Instant::now();
-    std::hint::black_box(kernels::arch::fma_probe(isa, probe));
-    let per_iter = t.elapsed().as_secs_f64().max(1e-9) / probe as f64;
-    let target = if opts.min_time > 0.0 { 0.01 } else { 0.001 };
-    let iters = ((target / per_iter) as usize).clamp(1 << 10, 1 << 30);
+    // One call of about 10 ms per thread (less when timing is minimal).
+    let iters = fma_iters(isa, if opts.min_time > 0.0 { 0.01 } else { 0.001 });
     let mut flops = 0.0;
     let stats = measure(opts, || {
-        let per_thread = pool.broadcast(|_| kernels::arch::fma_probe(isa, iters));
-        flops = per_thread.iter().sum();
+        flops = fma_on_every_thread(pool, isa, iters);
         Ok(())
     })?;
     Ok(FmaPeak {
@@ -281,6 +275,23 @@ pub fn measure_fma(pool: &ThreadPool, isa: Isa, opts: &MeasureOpts) -> Result<Fm
         gflops: flops / stats.min / 1e9,
         stats,
     })
+}
+
+/// Iterations of the FMA probe that take about `seconds` on one thread.
+pub fn fma_iters(isa: Isa, seconds: f64) -> usize {
+    let probe = 1usize << 14;
+    let t = Instant::now();
+    std::hint::black_box(kernels::arch::fma_probe(isa, probe));
+    let per_iter = t.elapsed().as_secs_f64().max(1e-9) / probe as f64;
+    ((seconds / per_iter) as usize).clamp(1 << 10, 1 << 30)
+}
+
+/// Runs `iters` iterations of the FMA probe on every thread of `pool` at once; returns the
+/// FLOPs done.
+pub fn fma_on_every_thread(pool: &ThreadPool, isa: Isa, iters: usize) -> f64 {
+    pool.broadcast(|_| kernels::arch::fma_probe(isa, iters))
+        .iter()
+        .sum()
 }
 
 /// Bytes each thread reads per timed call: small parts are summed repeatedly so the pool's

@@ -37,6 +37,7 @@ fn run_config(p: &ProfileArgs) -> Result<config::RunConfig> {
             warmup: 1,
             roof_sizes: "1MiB,32MiB,1GiB".into(),
             no_peak: true,
+            paired: false,
         },
         output: OutputArgs {
             no_save: true,

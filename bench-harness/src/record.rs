@@ -85,6 +85,10 @@ pub struct Record {
     pub flop_ratio: Option<f64>,
     /// Free-form remark.
     pub note: Option<String>,
+    /// With `--paired`: the median over interleaved rounds (one kernel sample, one sample of
+    /// the roof on the same threads) of the percent of the roof reached in that round. The
+    /// roof is the one in `roof` (for matmul only when that is the FMA peak).
+    pub pct_peak_paired: Option<f64>,
     /// Header keys, present only on the header record.
     #[serde(flatten)]
     pub header: Option<HeaderInfo>,
@@ -129,7 +133,7 @@ pub struct HeaderInfo {
 }
 
 /// Keys every record carries (the contract of the JSON/CSV schema).
-pub const REQUIRED_KEYS: [&str; 27] = [
+pub const REQUIRED_KEYS: [&str; 28] = [
     "suite",
     "impl",
     "isa",
@@ -152,6 +156,7 @@ pub const REQUIRED_KEYS: [&str; 27] = [
     "elements_per_s",
     "tokens_per_s",
     "pct_peak",
+    "pct_peak_paired",
     "vs_baseline",
     "roof",
     "shape",

@@ -195,9 +195,32 @@ const GFLOPS: Column = ("GFLOP/s", |r| opt(r.gflops, fmt_num));
 const GBPS: Column = ("GB/s", |r| opt(r.gbps, fmt_num));
 const TOKENS: Column = ("tokens/s", |r| opt(r.tokens_per_s, fmt_si));
 const PCT_ROOF: Column = ("% of roof", |r| pct(r.pct_peak));
+const PCT_PAIRED: Column = ("% of roof (paired)", |r| pct(r.pct_peak_paired));
 const ROOF: Column = ("roof", |r| r.roof.clone().unwrap_or_else(|| "-".into()));
 const KV_DTYPE: Column = ("KV", |r| r.kv_dtype.clone().unwrap_or_default());
 const VS_NAIVE: Column = ("vs naive", |r| ratio(r.vs_baseline));
+
+/// `columns`, with the paired percentage after "% of roof" when a record has one (`--paired`).
+fn with_paired(recs: &[&Record], columns: &[Column]) -> Vec<Column> {
+    let mut v = columns.to_vec();
+    if recs.iter().any(|r| r.pct_peak_paired.is_some())
+        && let Some(i) = v.iter().position(|c| c.0 == PCT_ROOF.0)
+    {
+        v.insert(i + 1, PCT_PAIRED);
+    }
+    v
+}
+
+/// How to read the paired column, when the section has one.
+fn paired_how(recs: &[&Record]) -> &'static str {
+    if recs.iter().any(|r| r.pct_peak_paired.is_some()) {
+        " % of roof (paired) = the median, over rounds that time one sample of the kernel and \
+         then one of its roof on the same threads (the FMA probe, or the sum over the same \
+         bytes), of the percent reached in that round: a neighbour's load slows both sides."
+    } else {
+        ""
+    }
+}
 
 /// A suite's section: heading, one table row per record, and the how-to-read line.
 fn section(out: &mut String, title: &str, recs: &[&Record], columns: &[Column], how: &str) {
@@ -355,22 +378,28 @@ pub fn markdown(records: &[Record]) -> String {
             &mut out,
             "matmul",
             &mm,
-            &[
-                ("shape", |r| r.shape.clone().unwrap_or_default()),
-                ("m×n×k", |r| format!("{}×{}×{}", s(r.m), s(r.n), s(r.k))),
-                THREADS,
-                IMPL_ISA,
-                TIME,
-                GFLOPS,
-                GBPS,
-                PCT_ROOF,
-                ROOF,
-                ("vs matrixmultiply", |r| ratio(r.vs_baseline)),
-            ],
-            "GFLOP/s = 2mnk / median. GEMV-like shapes (m = 1) stream B once, so their GB/s \
-             (bytes of B / median) is compared with the read roof; the others with min(FMA \
-             peak, arithmetic intensity × read bandwidth). vs matrixmultiply = its median / \
-             ours (> 1: we are faster; it runs on one thread).",
+            &with_paired(
+                &mm,
+                &[
+                    ("shape", |r| r.shape.clone().unwrap_or_default()),
+                    ("m×n×k", |r| format!("{}×{}×{}", s(r.m), s(r.n), s(r.k))),
+                    THREADS,
+                    IMPL_ISA,
+                    TIME,
+                    GFLOPS,
+                    GBPS,
+                    PCT_ROOF,
+                    ROOF,
+                    ("vs matrixmultiply", |r| ratio(r.vs_baseline)),
+                ],
+            ),
+            &format!(
+                "GFLOP/s = 2mnk / median. GEMV-like shapes (m = 1) stream B once, so their GB/s \
+                 (bytes of B / median) is compared with the read roof; the others with min(FMA \
+                 peak, arithmetic intensity × read bandwidth). vs matrixmultiply = its median / \
+                 ours (> 1: we are faster; it runs on one thread).{}",
+                paired_how(&mm)
+            ),
         );
         notes(&mut out, &mm);
     }
@@ -407,23 +436,30 @@ pub fn markdown(records: &[Record]) -> String {
             &mut out,
             "attention: one decode step",
             &at,
-            &[
-                ("shape", attn_shape_cell),
-                KV_DTYPE,
-                ("seq_len", |r| s(r.seq_len)),
-                THREADS,
-                IMPL_ISA,
-                TIME,
-                TOKENS,
-                GBPS,
-                PCT_ROOF,
-                ROOF,
-                VS_NAIVE,
-            ],
-            "one step = append one token's K/V and attend on every layer; tokens/s = 1 / median \
-             (attention only — no projections or MLP). A step reads the whole KV cache once, so \
-             GB/s = KV bytes / median against the read roof of a working set that size; bf16 \
-             halves the bytes. vs naive = single-threaded scalar step / ours.",
+            &with_paired(
+                &at,
+                &[
+                    ("shape", attn_shape_cell),
+                    KV_DTYPE,
+                    ("seq_len", |r| s(r.seq_len)),
+                    THREADS,
+                    IMPL_ISA,
+                    TIME,
+                    TOKENS,
+                    GBPS,
+                    PCT_ROOF,
+                    ROOF,
+                    VS_NAIVE,
+                ],
+            ),
+            &format!(
+                "one step = append one token's K/V and attend on every layer; tokens/s = 1 / \
+                 median (attention only — no projections or MLP). A step reads the whole KV \
+                 cache once, so GB/s = KV bytes / median against the read roof of a working set \
+                 that size; bf16 halves the bytes. vs naive = single-threaded scalar step / \
+                 ours.{}",
+                paired_how(&at)
+            ),
         );
         notes(&mut out, &at);
     }

@@ -3,7 +3,7 @@
 
 use crate::config::RunConfig;
 use crate::error::{HarnessError, Result};
-use crate::measure::{Stats, measure};
+use crate::measure::{Stats, measure, measure_interleaved, median_ratio};
 use crate::peak::{Roof, RoofKind, Roofline};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kernels::{Exec, Isa};
@@ -12,6 +12,26 @@ use rand_chacha::ChaCha8Rng;
 use rayon::ThreadPool;
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+
+/// What `--paired` interleaves a kernel's samples with.
+#[derive(Debug, Clone, Copy)]
+pub enum PairedRoof {
+    /// A plain sum over the same `bytes`, rotating through `copies` arrays as the kernel's
+    /// operand does.
+    SameBytes {
+        /// Bytes the kernel streams per call.
+        bytes: u64,
+        /// Copies rotated through (1: one array, re-read).
+        copies: usize,
+    },
+    /// The FMA probe of `isa`, for a kernel doing `flops` per call.
+    Fma {
+        /// ISA path of the probe.
+        isa: Isa,
+        /// FLOPs of one kernel call.
+        flops: f64,
+    },
+}
 
 /// Run-wide state handed to every suite.
 pub struct Ctx<'a> {
@@ -75,37 +95,16 @@ impl<'a> Ctx<'a> {
         if let Some(r) = self.same_bytes.get(&(bytes, threads, copies)) {
             return Ok(Some(r.clone()));
         }
-        let floats = (bytes / 4).max(1) as usize;
-        if self.sum_array.len() < floats * copies {
-            // Freed before the larger one is filled, so the two never coexist.
-            self.sum_array = kernels::LargeBuffer::default();
-            self.sum_array = crate::peak::filled_array(self.pool(threads)?, floats * copies)?;
-        }
-        let isa = Isa::detected();
         let opts = self.cfg.measure;
-        let all = &self.sum_array[..floats * copies];
-        let mut turn = 0usize;
-        let pool = self
-            .pools
-            .get(&threads)
-            .expect("built by filled_array or above");
-        let mut one_pass = || {
-            turn += 1;
-            let data = &all[(turn % copies) * floats..][..floats];
-            let per = data.len().div_ceil(threads);
-            let sums = pool.broadcast(|ctx| {
-                let lo = (ctx.index() * per).min(data.len());
-                let hi = (lo + per).min(data.len());
-                crate::peak::sum_f32(isa, std::hint::black_box(&data[lo..hi]))
-            });
-            std::hint::black_box(sums);
-            Ok(())
+        let fastest = {
+            let mut one_pass = self.sum_passes(bytes, threads, copies)?;
+            // The fastest sample of two runs: on a shared machine a neighbour's burst can only
+            // make a roof look lower than it is.
+            let first = measure(&opts, &mut one_pass)?;
+            let second = measure(&opts, &mut one_pass)?;
+            first.min.min(second.min)
         };
-        // The fastest sample of two runs: on a shared machine a neighbour's burst can only make
-        // a roof look lower than it is.
-        let first = measure(&opts, &mut one_pass)?;
-        let second = measure(&opts, &mut one_pass)?;
-        let gbps = bytes as f64 / first.min.min(second.min) / 1e9;
+        let gbps = bytes as f64 / fastest / 1e9;
         let roof = Roof {
             value: gbps,
             kind: RoofKind::Bandwidth,
@@ -122,6 +121,106 @@ impl<'a> Ctx<'a> {
         self.same_bytes
             .insert((bytes, threads, copies), roof.clone());
         Ok(Some(roof))
+    }
+
+    /// A closure that sums the next of `copies` arrays of `bytes` bytes on the pool of
+    /// `threads` threads (one pass per call), the read roof's unit of work.
+    fn sum_passes(
+        &mut self,
+        bytes: u64,
+        threads: usize,
+        copies: usize,
+    ) -> Result<impl FnMut() -> Result<()> + '_> {
+        self.pool(threads)?;
+        Self::sum_passes_of(&self.pools, &mut self.sum_array, bytes, threads, copies)
+    }
+
+    /// [`sum_passes`](Self::sum_passes) over the fields it needs (the pool of `threads` must
+    /// exist), so that a kernel's closure can borrow the pools meanwhile.
+    fn sum_passes_of<'p>(
+        pools: &'p BTreeMap<usize, ThreadPool>,
+        sum_array: &'p mut kernels::LargeBuffer<f32>,
+        bytes: u64,
+        threads: usize,
+        copies: usize,
+    ) -> Result<impl FnMut() -> Result<()> + 'p> {
+        let pool = &pools[&threads];
+        let floats = (bytes / 4).max(1) as usize;
+        if sum_array.len() < floats * copies {
+            // Freed before the larger one is filled, so the two never coexist.
+            *sum_array = kernels::LargeBuffer::default();
+            *sum_array = crate::peak::filled_array(pool, floats * copies)?;
+        }
+        let all = &sum_array[..floats * copies];
+        let isa = Isa::detected();
+        let mut turn = 0usize;
+        Ok(move || {
+            turn += 1;
+            let data = &all[(turn % copies) * floats..][..floats];
+            let per = data.len().div_ceil(threads);
+            let sums = pool.broadcast(|ctx| {
+                let lo = (ctx.index() * per).min(data.len());
+                let hi = (lo + per).min(data.len());
+                crate::peak::sum_f32(isa, std::hint::black_box(&data[lo..hi]))
+            });
+            std::hint::black_box(sums);
+            Ok(())
+        })
+    }
+
+    /// [`time`](Self::time), and with `--paired` (and peaks on, and a `roof` to pair with)
+    /// every sample interleaved with a sample of `roof` on the same threads; returns the stats and the median over rounds of
+    /// the percent of the roof reached in that round (`None` without `--paired`).
+    pub fn time_paired(
+        &mut self,
+        threads: usize,
+        label: &str,
+        mut f: impl FnMut() -> Result<()> + Send,
+        roof: Option<PairedRoof>,
+    ) -> Result<(Stats, Option<f64>)> {
+        let Some(roof) = roof.filter(|_| self.cfg.paired && self.cfg.peak) else {
+            return Ok((self.time(threads, label, f)?, None));
+        };
+        self.bar.set_message(format!("{label} (paired)"));
+        let opts = self.cfg.measure;
+        self.pool(threads)?;
+        let mut kernel = |n: usize| -> Result<()> {
+            self.pools[&threads].install(|| (0..n).try_for_each(|_| f()))
+        };
+        let (samples, pct) = match roof {
+            PairedRoof::SameBytes { bytes, copies } => {
+                let mut sum = Ctx::sum_passes_of(
+                    &self.pools,
+                    &mut self.sum_array,
+                    bytes,
+                    threads,
+                    copies.max(1),
+                )?;
+                let mut sums = |n: usize| (0..n).try_for_each(|_| sum());
+                let s = measure_interleaved(&opts, &mut [&mut kernel, &mut sums])?;
+                // Same bytes on both sides: the time ratio is the share of the sum's bandwidth.
+                let pct = 100.0 * median_ratio(&s[1], &s[0]);
+                (s, pct)
+            }
+            PairedRoof::Fma { isa, flops } => {
+                let pool = &self.pools[&threads];
+                let iters = crate::peak::fma_iters(isa, 0.001);
+                let mut probe_flops = 0.0;
+                let mut probe = |n: usize| {
+                    for _ in 0..n {
+                        probe_flops = crate::peak::fma_on_every_thread(pool, isa, iters);
+                    }
+                    Ok(())
+                };
+                let s = measure_interleaved(&opts, &mut [&mut kernel, &mut probe])?;
+                // (flops / kernel time) / (probe flops / probe time), round by round.
+                let pct = 100.0 * flops / probe_flops * median_ratio(&s[1], &s[0]);
+                (s, pct)
+            }
+        };
+        self.bar.inc(1);
+        let stats = Stats::from_samples(&samples[0], 1);
+        Ok((stats, pct.is_finite().then_some(pct)))
     }
 
     /// The rayon pool of `threads` threads (built on first use).

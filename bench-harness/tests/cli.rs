@@ -316,6 +316,8 @@ fn every_suite_smoke_and_json_schema() {
             r["note"]
         );
     }
+    // Without --paired nothing is paired.
+    assert!(recs.iter().all(|r| r["pct_peak_paired"].is_null()));
     for r in recs.iter().filter(|r| r["suite"] == "attention") {
         assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0);
         assert!(r["gbps"].as_f64().unwrap() > 0.0);
@@ -343,6 +345,38 @@ fn every_suite_smoke_and_json_schema() {
         .unwrap();
     assert_eq!(mem["kv_bytes_per_token"], 2 * 2 * 16 * 4);
     assert_eq!(mem["kv_bytes_total"], 32 * 2 * 2 * 16 * 4);
+}
+
+/// `--paired`: every kernel record of matmul's GEMV shapes and of attention carries the median
+/// per-round percent of its roof; baselines and shapes whose roof is not the FMA peak or a
+/// same-bytes sum carry none; the markdown gains the column.
+#[test]
+fn paired_rounds_report_a_percent_of_the_roof() {
+    let out = smoke(&["matmul", "attention", "--paired", "--format", "json"]);
+    let v: Value = serde_json::from_str(&out.report).unwrap();
+    let recs = v.as_array().unwrap();
+    let kernel = |r: &&Value| r["impl"] == "kernels";
+    let mut paired = 0;
+    for r in recs
+        .iter()
+        .filter(|r| r["suite"] == "attention" || r["m"] == 1)
+    {
+        let p = &r["pct_peak_paired"];
+        if kernel(&r) {
+            let p = p.as_f64().unwrap_or_else(|| panic!("unpaired: {r}"));
+            assert!(p.is_finite() && p > 0.0, "{r}");
+            paired += 1;
+        } else {
+            assert!(p.is_null(), "{r}");
+        }
+    }
+    // attention: 3 seq lens × 2 dtypes × 2 thread counts; matmul: 2 GEMV-like shapes × 2.
+    assert_eq!(paired, 12 + 4);
+    let md =
+        run(&config(&[&["matmul", "attention", "--paired"][..], FAST, TINY].concat()).unwrap())
+            .unwrap()
+            .report;
+    assert!(md.contains("% of roof (paired)"), "{md}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use super::attn_fields;
 use crate::config::{AttnSpec, RunConfig};
 use crate::error::Result;
 use crate::record::Record;
-use crate::runner::{Ctx, dec, exec_for};
+use crate::runner::{Ctx, PairedRoof, dec, exec_for};
 use decode::bench::{DecodeBench, estimate_bytes};
 
 /// Name of the baseline implementation.
@@ -103,9 +103,16 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
             for &isa in &cfg.isas {
                 let exec = exec_for(isa)?;
                 for &t in &cfg.threads {
-                    let st = ctx.time(t, &format!("{name} {isa} {t}t"), || {
-                        bench.step(&exec).map_err(dec)
-                    })?;
+                    let pair = PairedRoof::SameBytes {
+                        bytes: kv_bytes,
+                        copies: 1,
+                    };
+                    let (st, paired) = ctx.time_paired(
+                        t,
+                        &format!("{name} {isa} {t}t"),
+                        || bench.step(&exec).map_err(dec),
+                        Some(pair),
+                    )?;
                     let err = crate::runner::max_rel_diff(bench.output(), &reference);
                     let mut rec = Record {
                         isa: Some(isa.name().into()),
@@ -113,6 +120,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         vs_baseline: Some(base.median / st.median),
                         note: (err > 1e-3)
                             .then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                        pct_peak_paired: paired,
                         ..template.clone()
                     }
                     .with_stats(&st);

@@ -4,7 +4,7 @@
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::record::Record;
-use crate::runner::{Ctx, exec_for, max_rel_diff, random_vec};
+use crate::runner::{Ctx, PairedRoof, exec_for, max_rel_diff, random_vec};
 use crate::sweep::MatShape;
 use kernels::{GemmWorkspace, MatMut, MatRef, gemm};
 
@@ -109,6 +109,26 @@ pub fn fill_rates(
     Ok(())
 }
 
+/// What `--paired` interleaves this configuration with: GEMV's same-bytes sum, or the FMA
+/// probe when the FMA peak is the shape's roof (not when the roofline's bandwidth side is).
+fn paired_roof(ctx: &Ctx, s: &MatShape, isa: kernels::Isa, threads: usize) -> Option<PairedRoof> {
+    if s.is_gemv() {
+        return Some(PairedRoof::SameBytes {
+            bytes: s.b_bytes(),
+            copies: b_copies(ctx.cfg, s.b_bytes()),
+        });
+    }
+    let working_set = s.bytes() + extra_b_bytes(ctx.cfg, s);
+    let fma = ctx.roofline.fma_roof(isa, threads)?;
+    let roof = ctx
+        .roofline
+        .attainable(isa, threads, s.flops(), s.bytes(), working_set)?;
+    (roof.value >= fma.value).then_some(PairedRoof::Fma {
+        isa,
+        flops: s.flops(),
+    })
+}
+
 fn base_record(s: &MatShape, copies: usize) -> Record {
     Record {
         shape: Some(if copies > 1 {
@@ -191,24 +211,31 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
             for &t in &cfg.threads {
                 let mut ws = GemmWorkspace::new();
                 c.fill(0.0);
-                let st = ctx.time(t, &format!("matmul {name} {isa} {t}t"), || {
-                    gemm(
-                        &exec,
-                        1.0,
-                        av,
-                        bvs[next_b()],
-                        0.0,
-                        &mut MatMut::row_major(&mut c, m, n)?,
-                        &mut ws,
-                    )?;
-                    Ok(())
-                })?;
+                let pair = paired_roof(ctx, s, isa, t);
+                let (st, paired) = ctx.time_paired(
+                    t,
+                    &format!("matmul {name} {isa} {t}t"),
+                    || {
+                        gemm(
+                            &exec,
+                            1.0,
+                            av,
+                            bvs[next_b()],
+                            0.0,
+                            &mut MatMut::row_major(&mut c, m, n)?,
+                            &mut ws,
+                        )?;
+                        Ok(())
+                    },
+                    pair,
+                )?;
                 let err = max_rel_diff(&c, &reference);
                 let mut rec = Record {
                     isa: Some(isa.name().into()),
                     threads: Some(t),
                     vs_baseline: Some(base.median / st.median),
                     note: (err > 1e-3).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                    pct_peak_paired: paired,
                     ..base_record(s, copies)
                 }
                 .with_stats(&st);
