@@ -21,7 +21,10 @@ use std::fmt::Display;
 
 use common::{ExecCase, exec_cases, exec_for, rng};
 use kernels::reference::{gemm_abs_f64, gemm_f64};
-use kernels::{Exec, GemmWorkspace, Isa, KernelError, MatMut, MatRef, Parallelism, gemm};
+use kernels::{
+    Exec, GemmWorkspace, Isa, KernelError, MatMut, MatRef, PackedB, Parallelism, gemm,
+    gemm_prepacked,
+};
 use rand::Rng;
 
 /// Floats of guard zone before and after every buffer.
@@ -247,20 +250,37 @@ fn expected(p: &Problem) -> Expected {
     Expected::Approx { val, tol }
 }
 
+/// Which entry point computes the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Via {
+    Gemm,
+    /// `PackedB::new` (on the case's ISA and threads), then `gemm_prepacked`.
+    Prepacked,
+}
+
 /// Runs the problem's product under `case` on a copy of C₀ and returns C.
 fn run(case: &ExecCase, p: &Problem, ws: &mut GemmWorkspace) -> Mat {
+    run_via(case, p, ws, Via::Gemm)
+}
+
+fn run_via(case: &ExecCase, p: &Problem, ws: &mut GemmWorkspace, via: Via) -> Mat {
     let mut c = p.c0.clone();
     let result = case.run(|| {
         let mut cv = c.view_mut();
-        gemm(
-            &case.exec,
-            p.alpha,
-            p.a.view(),
-            p.b.view(),
-            p.beta,
-            &mut cv,
-            ws,
-        )
+        match via {
+            Via::Gemm => gemm(
+                &case.exec,
+                p.alpha,
+                p.a.view(),
+                p.b.view(),
+                p.beta,
+                &mut cv,
+                ws,
+            ),
+            Via::Prepacked => PackedB::new(&case.exec, p.b.view()).and_then(|b| {
+                gemm_prepacked(&case.exec, p.alpha, p.a.view(), &b, p.beta, &mut cv, ws)
+            }),
+        }
     });
     if let Err(e) = result {
         panic!("{} [{case}]: gemm returned {e}", p.label);
@@ -323,11 +343,15 @@ fn verify(c: &Mat, p: &Problem, exp: &Expected, ctx: &dyn Display) {
 /// Checks one problem under every exec case, and that the thread counts of an ISA agree bit
 /// for bit.
 fn check(cases: &[ExecCase], p: &Problem, ws: &mut GemmWorkspace) {
+    check_via(cases, p, ws, Via::Gemm)
+}
+
+fn check_via(cases: &[ExecCase], p: &Problem, ws: &mut GemmWorkspace, via: Via) {
     let exp = expected(p);
     let mut first_bits: HashMap<Isa, (ExecCase, Vec<u32>)> = HashMap::new();
     for case in cases {
-        let c = run(case, p, ws);
-        let ctx = format!("{} [{case}]", p.label);
+        let c = run_via(case, p, ws, via);
+        let ctx = format!("{} [{case}] via {via:?}", p.label);
         verify(&c, p, &exp, &ctx);
         let bits = c.element_bits();
         match first_bits.get(&case.isa()) {
@@ -956,5 +980,132 @@ fn workspace_reuse() {
             let third = run(&case, &p, &mut GemmWorkspace::new());
             assert_eq!(first.element_bits(), third.element_bits(), "[{case}]");
         }
+    }
+}
+
+/// `gemm_prepacked` against the f64 reference: tile edges in m (both tile heights), n (partial
+/// and zero-padded last panels) and k (partial kc blocks), B in every layout (the packing reads
+/// any strides), strided A and C, the α/β semantics with C pre-filled with NaN when β = 0,
+/// every ISA, 1 and 2 threads agreeing bit for bit, guard zones intact.
+#[test]
+fn prepacked_matches_reference() {
+    let cases = exec_cases();
+    let mut rng = rng(21);
+    let mut ws = GemmWorkspace::new();
+    for (m, n, k) in [
+        (1, 1, 1),
+        (2, 33, 17),
+        (7, 31, 255),
+        (8, 32, 256),
+        (12, 64, 257),
+        (13, 65, 100),
+        (16, 97, 513),
+        (17, 40, 3),
+        (33, 129, 64),
+        (128, 70, 300),
+    ] {
+        for lb in LAYOUTS {
+            let p = Problem::new(
+                &mut rng,
+                (m, n, k),
+                (Layout::RowMajor, lb, Layout::RowMajor),
+                1.0,
+                0.0,
+            );
+            check_via(&cases, &p, &mut ws, Via::Prepacked);
+        }
+        for (la, lc) in [
+            (Layout::ColPadded(2), Layout::RowPadded(5)),
+            (Layout::General, Layout::ColMajor),
+        ] {
+            for (alpha, beta) in [(2.5, 1.0), (1.0, 2.5), (0.0, 2.5), (2.5, 0.0)] {
+                let p = Problem::new(&mut rng, (m, n, k), (la, Layout::RowMajor, lc), alpha, beta);
+                check_via(&cases, &p, &mut ws, Via::Prepacked);
+            }
+        }
+    }
+}
+
+/// Several blocks of C in every direction: more than one mc block of rows, more than one C
+/// block of columns per thread, more than one kc block of k, with β ≠ 0 accumulating across
+/// them; and the empty and k = 0 shapes.
+#[test]
+fn prepacked_several_blocks_and_empty_shapes() {
+    let cases = exec_cases();
+    let mut rng = rng(22);
+    let mut ws = GemmWorkspace::new();
+    for shape in [
+        (300, 2300, 300),
+        (250, 1100, 520),
+        (0, 5, 3),
+        (4, 0, 3),
+        (4, 5, 0),
+    ] {
+        let p = Problem::new(&mut rng, shape, ROW3, 2.5, 1.0);
+        check_via(&cases, &p, &mut ws, Via::Prepacked);
+        let p = Problem::new(&mut rng, shape, ROW3, 1.0, 0.0);
+        check_via(&cases, &p, &mut ws, Via::Prepacked);
+    }
+}
+
+/// A packed B reports its shape and path; calls on another path, or with shapes that do not
+/// match it, are errors that leave C untouched.
+#[test]
+fn prepacked_errors() {
+    let b: Vec<f32> = (0..6 * 40).map(|i| i as f32).collect();
+    let a = vec![1.0f32; 3 * 6];
+    let mut ws = GemmWorkspace::new();
+    for isa in Isa::available() {
+        let exec = exec_for(isa);
+        let packed = PackedB::new(&exec, MatRef::row_major(&b, 6, 40).unwrap()).unwrap();
+        assert_eq!((packed.k(), packed.n(), packed.isa()), (6, 40, isa));
+        assert!(packed.bytes() >= 6 * 40 * 4);
+        let mut c = vec![7.0f32; 3 * 40];
+        for other in Isa::available().into_iter().filter(|&o| o != isa) {
+            let err = gemm_prepacked(
+                &exec_for(other),
+                1.0,
+                MatRef::row_major(&a, 3, 6).unwrap(),
+                &packed,
+                0.0,
+                &mut MatMut::row_major(&mut c, 3, 40).unwrap(),
+                &mut ws,
+            )
+            .unwrap_err();
+            assert_eq!(
+                err,
+                KernelError::PackedForOtherIsa {
+                    packed: isa,
+                    requested: other
+                }
+            );
+            assert!(err.to_string().contains(isa.name()), "{err}");
+        }
+        // k of A against k of the packed B, and n of C against its n.
+        let err = gemm_prepacked(
+            &exec,
+            1.0,
+            MatRef::row_major(&a, 3, 6).unwrap(),
+            &packed,
+            0.0,
+            &mut MatMut::row_major(&mut c[..3 * 39], 3, 39).unwrap(),
+            &mut ws,
+        )
+        .unwrap_err();
+        assert!(matches!(err, KernelError::ShapeMismatch { .. }), "{err}");
+        let err = gemm_prepacked(
+            &exec,
+            1.0,
+            MatRef::row_major(&a, 6, 3).unwrap(),
+            &packed,
+            0.0,
+            &mut MatMut::row_major(&mut c, 3, 40).unwrap(),
+            &mut ws,
+        );
+        assert!(
+            matches!(err, Err(KernelError::ShapeMismatch { .. })),
+            "{err:?}"
+        );
+        assert!(c.iter().all(|&x| x == 7.0), "C written on error");
     }
 }

@@ -11,7 +11,8 @@ use serde::Serialize;
 pub struct Record {
     /// `header`, `peak`, `matmul`, `softmax`, `attention`, `prefill`, `kv-vs-recompute`, `memory`.
     pub suite: String,
-    /// Implementation: `kernels`, `matrixmultiply(1t)`, `naive`, `cached`, `recompute`,
+    /// Implementation: `kernels`, `kernels-prepacked` (matmul with B packed ahead of time),
+    /// `matrixmultiply(1t)`, `naive`, `cached`, `recompute`,
     /// `fma-probe`, `read-sum`, `arithmetic`.
     #[serde(rename = "impl")]
     pub implementation: String,

@@ -298,13 +298,21 @@ fn every_suite_smoke_and_json_schema() {
     ] {
         assert!(count(suite) > 0, "no {suite} records");
     }
-    // matmul: 3 shapes × (baseline + 2 thread counts).
-    assert_eq!(count("matmul"), 9);
+    // matmul: 3 shapes × (baseline + 2 thread counts), plus gemm_prepacked on 2 thread counts
+    // for the one shape that is not GEMV-like.
+    assert_eq!(count("matmul"), 9 + 2);
+    assert_eq!(
+        recs.iter()
+            .filter(|r| r["impl"] == "kernels-prepacked")
+            .map(|r| (r["m"].as_u64(), r["threads"].as_u64()))
+            .collect::<Vec<_>>(),
+        [(Some(8), Some(1)), (Some(8), Some(2))]
+    );
     // attention: 3 seq lens × (f32, bf16) × (naive + 2 thread counts).
     assert_eq!(count("attention"), 18);
     for r in recs
         .iter()
-        .filter(|r| r["suite"] == "matmul" && r["impl"] == "kernels")
+        .filter(|r| r["suite"] == "matmul" && r["impl"].as_str().unwrap().starts_with("kernels"))
     {
         assert!(r["gflops"].as_f64().unwrap() > 0.0);
         assert!(r["pct_peak"].as_f64().unwrap() > 0.0);

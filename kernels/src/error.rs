@@ -39,6 +39,14 @@ pub enum KernelError {
     SizeOverflow,
     /// An instruction set was requested that this CPU (or this build) does not have.
     IsaUnavailable(crate::Isa),
+    /// A [`PackedB`](crate::PackedB) used on another ISA path than the one it was packed for
+    /// (its layout follows that path's register tile).
+    PackedForOtherIsa {
+        /// The path B was packed for.
+        packed: crate::Isa,
+        /// The path of the call.
+        requested: crate::Isa,
+    },
     /// Any other invalid argument, described.
     InvalidArgument(&'static str),
 }
@@ -73,6 +81,11 @@ impl fmt::Display for KernelError {
             KernelError::IsaUnavailable(isa) => {
                 write!(f, "instruction set {isa} is not available on this CPU")
             }
+            KernelError::PackedForOtherIsa { packed, requested } => write!(
+                f,
+                "B was packed for the {packed} path but the call runs {requested}: pack it \
+                 with an Exec on {requested}"
+            ),
             KernelError::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
         }
     }

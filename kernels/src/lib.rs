@@ -47,7 +47,7 @@ pub use buffer::{HUGE_PAGE_BYTES, LargeBuffer, Zeroable};
 pub use error::{KernelError, Result};
 pub use exec::{Exec, Parallelism};
 pub use exp::{exp, exp2};
-pub use gemm::{GemmWorkspace, gemm};
+pub use gemm::{GemmWorkspace, PackedB, gemm, gemm_prepacked};
 pub use kv::{
     Bf16, KvDtype, KvRows, MAX_ATTEND_BLOCK_ROWS, accumulate_rows, attend_block_rows,
     attend_partial, attend_scratch_len, dot_rows, scale_slice, to_bf16,

@@ -6,26 +6,40 @@ use crate::error::Result;
 use crate::record::Record;
 use crate::runner::{Ctx, PairedRoof, exec_for, max_rel_diff, random_vec};
 use crate::sweep::MatShape;
-use kernels::{GemmWorkspace, MatMut, MatRef, gemm};
+use kernels::{GemmWorkspace, MatMut, MatRef, PackedB, gemm, gemm_prepacked};
 
 /// Name of the baseline implementation.
 pub const BASELINE: &str = "matrixmultiply(1t)";
 
-/// Measurements taken.
+/// Name of `kernels::gemm_prepacked` with B packed ahead of time (not timed), as an engine
+/// packs its weights once at load.
+pub const PREPACKED: &str = "kernels-prepacked";
+
+/// Measurements taken: the baseline, then per ISA and thread count `gemm` and (except for
+/// GEMV-like shapes) `gemm_prepacked`.
 pub fn count(cfg: &RunConfig) -> u64 {
-    (cfg.sizes.len() * (1 + cfg.isas.len() * cfg.threads.len())) as u64
+    cfg.sizes
+        .iter()
+        .map(|s| {
+            let per_config = if s.is_gemv() { 1 } else { 2 };
+            (1 + per_config * cfg.isas.len() * cfg.threads.len()) as u64
+        })
+        .sum()
 }
 
-/// Bytes allocated per shape: A, B (every copy, with `--cold-b`), C, a reference copy of C,
-/// and packing buffers.
+/// Bytes allocated per shape: A, B (every copy, with `--cold-b`, and as many packed copies),
+/// C, a reference copy of C, and packing buffers.
 pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
     cfg.sizes
         .iter()
         .map(|s| {
+            let all_b = s.b_bytes() + extra_b_bytes(cfg, s);
+            let packed_b = if s.is_gemv() { 0 } else { all_b + all_b / 8 };
             (
                 format!("matmul {}x{}x{}", s.m, s.n, s.k),
                 s.bytes()
                     .saturating_add(extra_b_bytes(cfg, s))
+                    .saturating_add(packed_b)
                     .saturating_add(4 * s.m as u64 * s.n as u64)
                     .saturating_add(16 << 20),
             )
@@ -208,6 +222,15 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
 
         for &isa in &cfg.isas {
             let exec = exec_for(isa)?;
+            // B packed once per copy, outside the timing, as an engine packs its weights at
+            // load time (GEMV-like shapes stream B in place; packing buys them nothing).
+            let packed = if s.is_gemv() {
+                Vec::new()
+            } else {
+                bvs.iter()
+                    .map(|b| PackedB::new(&exec, *b))
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            };
             for &t in &cfg.threads {
                 let mut ws = GemmWorkspace::new();
                 c.fill(0.0);
@@ -231,6 +254,40 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                 )?;
                 let err = max_rel_diff(&c, &reference);
                 let mut rec = Record {
+                    isa: Some(isa.name().into()),
+                    threads: Some(t),
+                    vs_baseline: Some(base.median / st.median),
+                    note: (err > 1e-3).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                    pct_peak_paired: paired,
+                    ..base_record(s, copies)
+                }
+                .with_stats(&st);
+                fill_rates(ctx, &mut rec, s, isa, t)?;
+                out.push(rec);
+                if packed.is_empty() {
+                    continue;
+                }
+                c.fill(0.0);
+                let (st, paired) = ctx.time_paired(
+                    t,
+                    &format!("matmul {name} {isa} {t}t {PREPACKED}"),
+                    || {
+                        gemm_prepacked(
+                            &exec,
+                            1.0,
+                            av,
+                            &packed[next_b()],
+                            0.0,
+                            &mut MatMut::row_major(&mut c, m, n)?,
+                            &mut ws,
+                        )?;
+                        Ok(())
+                    },
+                    paired_roof(ctx, s, isa, t),
+                )?;
+                let err = max_rel_diff(&c, &reference);
+                let mut rec = Record {
+                    implementation: PREPACKED.into(),
                     isa: Some(isa.name().into()),
                     threads: Some(t),
                     vs_baseline: Some(base.median / st.median),

@@ -28,7 +28,7 @@
 //! AVX2 path forced on the same machine: 5 and 6 rows × 4096 × 4096 0.61–0.65×.
 
 use super::loops::{Out, pack_a_block};
-use super::microkernel::{BPanel, microkernel};
+use super::microkernel::{BPanel, IN_PLACE, microkernel};
 use super::pack::{Strided, pack_b_panels};
 use super::workspace::GemmWorkspace;
 use crate::arch::Simd;
@@ -127,7 +127,7 @@ pub(crate) unsafe fn gemm_direct<S: Simd, const MR: usize, const NV: usize>(
                                 // the padded copy); the tile lies inside C and this chunk alone
                                 // owns its columns.
                                 unsafe {
-                                    microkernel::<S, MR, NV, true>(s, kb, a_rows, panel, tile)
+                                    microkernel::<S, MR, NV, IN_PLACE>(s, kb, a_rows, panel, tile)
                                 };
                             }
                         }

@@ -15,7 +15,7 @@
 //! counts. mc is always a multiple of MR and tasks start on MR/NR boundaries for that reason.
 
 use super::blocking::Blocking;
-use super::microkernel::{BPanel, TileOut, microkernel};
+use super::microkernel::{BPanel, PACKED, TileOut, microkernel};
 use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
 use crate::arch::Simd;
@@ -94,7 +94,7 @@ pub(crate) unsafe fn column_of_tiles<S: Simd, const MR: usize, const NV: usize>(
         // SAFETY: the caller vouches for the panels and the block; this tile is rows
         // ir..ir+MR of it.
         unsafe {
-            microkernel::<S, MR, NV, false>(
+            microkernel::<S, MR, NV, PACKED>(
                 s,
                 kc,
                 a_packed.add(ir * kc),

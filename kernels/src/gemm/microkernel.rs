@@ -19,7 +19,7 @@
 //! written element by element, so nothing outside the `rows × cols` tile is ever touched.
 //! B is a packed panel, or B's own rows read in place ([`BPanel`]).
 
-use crate::arch::{Simd, prefetch};
+use crate::arch::{Simd, prefetch, prefetch_l2};
 
 /// Where a micro-tile's results go.
 #[derive(Clone, Copy)]
@@ -41,8 +41,9 @@ pub(crate) struct BPanel {
     pub ptr: *const f32,
     /// `NR` for a packed panel; B's own row stride when B is read in place.
     pub rs: usize,
-    /// When nonzero, each row's lines `ahead` floats further along the same row are
-    /// prefetched into L1 as the row is used (for B read in place: the next tiles' lines).
+    /// How far ahead of each row (in floats) the prefetching modes of [`BRead`] ask for
+    /// lines as the row is used: for B read in place, the next tiles' lines along the same
+    /// row; for a panel packed ahead of time, lines further on in the packed stream.
     pub ahead: usize,
 }
 
@@ -57,22 +58,30 @@ impl BPanel {
     }
 }
 
-/// Runs one micro-tile. `IN_PLACE` false: `b` is a packed panel (`b.rs` and `b.ahead` are
-/// ignored; the stride is the constant NR, so the packed nests' k loop carries no runtime
-/// stride or prefetch test); true: B's rows in place, `b.rs` apart, with the optional
+/// How [`microkernel`] reads B (a const parameter, so each nest's k loop carries only what it
+/// needs).
+pub(crate) type BRead = u8;
+/// A packed panel just packed into cache: stride NR, `b.rs` and `b.ahead` ignored, no
 /// prefetch.
+pub(crate) const PACKED: BRead = 0;
+/// A packed panel streaming from memory (packed ahead of time): stride NR, and each row's
+/// lines `b.ahead` floats further on (the rest of the panel, then the next panels, which lie
+/// right after it) are prefetched into L1.
+pub(crate) const PACKED_AHEAD_L1: BRead = 1;
+/// As [`PACKED_AHEAD_L1`], prefetching into L2 only: for panels that many A panels reuse,
+/// whose L1 space the panel in use needs.
+pub(crate) const PACKED_AHEAD_L2: BRead = 2;
+/// B's rows in place, `b.rs` apart, with the L1 prefetch when `b.ahead` is nonzero.
+pub(crate) const IN_PLACE: BRead = 3;
+
+/// Runs one micro-tile, reading B as `B_READ` says.
 ///
 /// # Safety
 /// `a` holds `MR·kc` readable floats (a packed panel), and `b.ptr + p·b.rs` holds `NV·LANES`
 /// for every `p < kc`; `out.c` is valid for reads and writes at every `(i, j)` with
 /// `i < rows`, `j < cols`, and no other thread accesses those elements during the call.
 #[inline(always)]
-pub(crate) unsafe fn microkernel<
-    S: Simd,
-    const MR: usize,
-    const NV: usize,
-    const IN_PLACE: bool,
->(
+pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, const B_READ: BRead>(
     s: S,
     kc: usize,
     a: *const f32,
@@ -110,13 +119,17 @@ pub(crate) unsafe fn microkernel<
             }
         }
     }
-    let rs = if IN_PLACE { b.rs } else { nr };
+    let rs = if B_READ == IN_PLACE { b.rs } else { nr };
     let prefetch_ahead = |p: usize| {
         // A hint, never a fault, wherever it points.
-        if IN_PLACE && b.ahead != 0 {
-            let row = b.ptr.wrapping_add(p * rs + b.ahead);
+        let row = b.ptr.wrapping_add(p * rs + b.ahead);
+        if B_READ == PACKED_AHEAD_L1 || (B_READ == IN_PLACE && b.ahead != 0) {
             for v in 0..NV {
                 prefetch(row.wrapping_add(v * lanes));
+            }
+        } else if B_READ == PACKED_AHEAD_L2 {
+            for v in 0..NV {
+                prefetch_l2(row.wrapping_add(v * lanes));
             }
         }
     };

@@ -11,6 +11,9 @@
 //! - everything else: the packed, blocked BLIS loops ([`loops`], [`microkernel`], [`pack`]),
 //!   block sizes in [`blocking`].
 //!
+//! [`gemm_prepacked`] multiplies by a B packed once ahead of time ([`PackedB`]: weights),
+//! through the streamed nest's structure without its packing step ([`prepacked`]).
+//!
 //! BLAS semantics: when β = 0, C is never read (NaN or garbage in C cannot leak); when α = 0 or
 //! k = 0, A and B are never read and C becomes β·C; empty dimensions are legal and write
 //! nothing. Results are bit-identical for every thread count.
@@ -21,10 +24,12 @@ mod gemv;
 mod loops;
 mod microkernel;
 mod pack;
+mod prepacked;
 mod skinny;
 mod streamed;
 mod workspace;
 
+pub use prepacked::{PackedB, gemm_prepacked};
 pub use workspace::GemmWorkspace;
 
 use crate::arch::with_simd;
