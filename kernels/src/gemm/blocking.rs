@@ -81,10 +81,15 @@ pub(crate) fn nc_for(blk: &Blocking, m: usize) -> usize {
 /// The tile of `isa` that wastes least on `m` rows: the share of computed rows that are real,
 /// with a small handicap for the lower-arithmetic-intensity shorter tiles.
 pub(crate) fn choose(isa: Isa, m: usize) -> Blocking {
+    choose_with(isa, m, 0.04)
+}
+
+/// [`choose`] with a handicap of `handicap` per rank below the first (most efficient) tile.
+pub(crate) fn choose_with(isa: Isa, m: usize, handicap: f64) -> Blocking {
     let tiles = candidates(isa);
     let score = |b: &Blocking, rank: usize| {
         let padded = m.div_ceil(b.mr) * b.mr;
-        (m as f64 / padded.max(1) as f64) * (1.0 - 0.04 * rank as f64)
+        (m as f64 / padded.max(1) as f64) * (1.0 - handicap * rank as f64)
     };
     *tiles
         .iter()
