@@ -994,6 +994,7 @@ fn prepacked_matches_reference() {
     let mut ws = GemmWorkspace::new();
     for (m, n, k) in [
         (1, 1, 1),
+        (1, 257, 513),
         (2, 33, 17),
         (7, 31, 255),
         (8, 32, 256),

@@ -211,7 +211,18 @@ pub fn gemm_prepacked(
     // less than in the nests that pack B just before use: half the handicap. Measured, paired
     // against the 12-row tile: 8 rows 0.96–0.98× the time at m = 128 and 256 (where 12 wastes
     // 3%), 12 rows faster at m = 96 and 192 (both exact).
-    let blk = blocking::choose_with(exec.isa(), m, 0.02);
+    let blk = if m == 1 {
+        // One row (decode's x·W): a 1×NR tile, so no FMA is spent on padding rows. Paired
+        // in-process against `gemm`'s GEMV path at 1×4096×4096 and 1×11008×4096 (B row- and
+        // column-major): 0.90–1.11× the time, where the 8-row tile took 1.2–1.4×; so an engine
+        // may keep only the packed copy of a weight matrix.
+        Blocking {
+            mr: 1,
+            ..layout_of(exec.isa())
+        }
+    } else {
+        blocking::choose_with(exec.isa(), m, 0.02)
+    };
     macro_rules! run {
         ($s:ident, $mr:literal, $nv:literal) => {
             // SAFETY: A is a validated m×k view, C a validated m×n view with distinct
@@ -225,6 +236,7 @@ pub fn gemm_prepacked(
         (8, 2) => run!(s, 8, 2),
         (6, 2) => run!(s, 6, 2),
         (4, 2) => run!(s, 4, 2),
+        (1, 2) => run!(s, 1, 2),
         other => unreachable!("no micro-kernel instantiated for {other:?}"),
     });
     Ok(())
