@@ -418,6 +418,9 @@ fn build(a: &RunArgs) -> Result<RunConfig, String> {
         };
         attn_specs(&with_presets, &single)?
     };
+    if a.timing.paired && a.timing.no_peak {
+        return Err("--paired pairs samples with the roofs, which --no-peak turns off".into());
+    }
     let measure = measure_opts(&a.timing)?;
     let roof_sizes = roof_sizes(&a.timing.roof_sizes)?;
     let o = &a.output;
@@ -531,6 +534,16 @@ mod tests {
         assert_eq!(g.memory.len(), 1);
         assert_eq!(g.memory[0].kv_bytes_per_token(), 2 * 96 * 96 * 128 * 2);
         assert!(!g.peak);
+    }
+
+    #[test]
+    fn paired_needs_the_roofs() {
+        assert!(cfg(&["matmul", "--paired"]).unwrap().paired);
+        assert!(!cfg(&["matmul"]).unwrap().paired);
+        let e = cfg(&["matmul", "--paired", "--no-peak"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--no-peak"), "{e}");
     }
 
     #[test]

@@ -132,20 +132,41 @@ fn warm_up(
 /// enter its thread pool once per sample rather than once per call).
 pub type Batch<'a> = &'a mut dyn FnMut(usize) -> Result<(), HarnessError>;
 
+/// Samples of [`measure_interleaved`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interleaved {
+    /// Per closure, its per-call sample times, round by round.
+    pub samples: Vec<Vec<f64>>,
+    /// Per closure, the calls each of its samples averaged.
+    pub batches: Vec<usize>,
+}
+
+impl Interleaved {
+    /// The stats of closure `i`'s samples.
+    pub fn stats(&self, i: usize) -> Stats {
+        Stats::from_samples(&self.samples[i], self.batches[i])
+    }
+}
+
 /// Times several closures in alternation, per [`MeasureOpts`] (each one warmed up and batched
-/// on its own; `min_time`/`max_time` apply to each): every round takes one sample of each in
-/// turn, so a neighbour's burst on a shared machine slows all of them alike and the per-round
-/// ratios stay steady where the separate medians drift. Returns each closure's per-call
-/// sample times, round by round.
+/// on its own; `min_time`/`max_time` bound the time spent per closure, on average): every
+/// round takes one sample of each in turn, so a neighbour's burst on a shared machine slows
+/// all of them alike and the per-round ratios stay steady where the separate medians drift.
 pub fn measure_interleaved(
     opts: &MeasureOpts,
     batches: &mut [Batch<'_>],
-) -> Result<Vec<Vec<f64>>, HarnessError> {
+) -> Result<Interleaved, HarnessError> {
+    if batches.is_empty() {
+        return Ok(Interleaved {
+            samples: Vec::new(),
+            batches: Vec::new(),
+        });
+    }
     let mut sizes = Vec::with_capacity(batches.len());
     for run in batches.iter_mut() {
         sizes.push(warm_up(opts, &mut || run(1))?);
     }
-    let n = batches.len().max(1) as f64;
+    let n = batches.len() as f64;
     let mut samples = vec![Vec::new(); batches.len()];
     let start = Instant::now();
     loop {
@@ -163,7 +184,10 @@ pub fn measure_interleaved(
             break;
         }
     }
-    Ok(samples)
+    Ok(Interleaved {
+        samples,
+        batches: sizes,
+    })
 }
 
 /// Median over rounds of `num[i] / den[i]` (NaN when empty).
@@ -253,8 +277,11 @@ mod tests {
             order.borrow_mut().push(('b', n));
             Ok(())
         };
-        let s = measure_interleaved(&opts, &mut [&mut a, &mut b]).unwrap();
+        let r = measure_interleaved(&opts, &mut [&mut a, &mut b]).unwrap();
+        let s = &r.samples;
         assert_eq!((s.len(), s[0].len(), s[1].len()), (2, 4, 4));
+        assert_eq!(r.batches, [1, 1]);
+        assert_eq!(r.stats(1).samples, 4);
         let order = order.into_inner();
         // Warm-up of each, then a, b, a, b, ... one call per sample (min_time 0).
         assert_eq!(&order[..2], &[('a', 1), ('b', 1)]);
@@ -264,6 +291,12 @@ mod tests {
         assert_eq!(median_ratio(&[2.0, 9.0, 4.0], &[1.0, 3.0, 1.0]), 3.0);
         assert_eq!(median_ratio(&[1.0, 3.0], &[1.0, 1.0]), 2.0);
         assert!(median_ratio(&[], &[]).is_nan());
+        assert!(
+            measure_interleaved(&opts, &mut [])
+                .unwrap()
+                .samples
+                .is_empty()
+        );
     }
 
     #[test]

@@ -88,7 +88,8 @@ pub struct Record {
     pub note: Option<String>,
     /// With `--paired`: the median over interleaved rounds (one kernel sample, one sample of
     /// the roof on the same threads) of the percent of the roof reached in that round. The
-    /// roof is the one in `roof` (for matmul only when that is the FMA peak).
+    /// roof is the one in `roof`: the same-bytes sum for attention and GEMV-like matmul
+    /// shapes; for other matmul shapes only when it is the FMA peak (null otherwise).
     pub pct_peak_paired: Option<f64>,
     /// Header keys, present only on the header record.
     #[serde(flatten)]

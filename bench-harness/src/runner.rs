@@ -168,9 +168,10 @@ impl<'a> Ctx<'a> {
         })
     }
 
-    /// [`time`](Self::time), and with `--paired` (and peaks on, and a `roof` to pair with)
-    /// every sample interleaved with a sample of `roof` on the same threads; returns the stats and the median over rounds of
-    /// the percent of the roof reached in that round (`None` without `--paired`).
+    /// [`time`](Self::time), and with `--paired` every sample interleaved with a sample of
+    /// `roof` on the same threads. Returns the kernel's stats and the median over rounds of
+    /// the percent of the roof reached in each; `None` without `--paired`, without a roof to
+    /// pair with, or when that ratio is not finite.
     pub fn time_paired(
         &mut self,
         threads: usize,
@@ -197,10 +198,10 @@ impl<'a> Ctx<'a> {
                     copies.max(1),
                 )?;
                 let mut sums = |n: usize| (0..n).try_for_each(|_| sum());
-                let s = measure_interleaved(&opts, &mut [&mut kernel, &mut sums])?;
+                let r = measure_interleaved(&opts, &mut [&mut kernel, &mut sums])?;
                 // Same bytes on both sides: the time ratio is the share of the sum's bandwidth.
-                let pct = 100.0 * median_ratio(&s[1], &s[0]);
-                (s, pct)
+                let pct = 100.0 * median_ratio(&r.samples[1], &r.samples[0]);
+                (r, pct)
             }
             PairedRoof::Fma { isa, flops } => {
                 let pool = &self.pools[&threads];
@@ -212,15 +213,14 @@ impl<'a> Ctx<'a> {
                     }
                     Ok(())
                 };
-                let s = measure_interleaved(&opts, &mut [&mut kernel, &mut probe])?;
+                let r = measure_interleaved(&opts, &mut [&mut kernel, &mut probe])?;
                 // (flops / kernel time) / (probe flops / probe time), round by round.
-                let pct = 100.0 * flops / probe_flops * median_ratio(&s[1], &s[0]);
-                (s, pct)
+                let pct = 100.0 * flops / probe_flops * median_ratio(&r.samples[1], &r.samples[0]);
+                (r, pct)
             }
         };
         self.bar.inc(1);
-        let stats = Stats::from_samples(&samples[0], 1);
-        Ok((stats, pct.is_finite().then_some(pct)))
+        Ok((samples.stats(0), pct.is_finite().then_some(pct)))
     }
 
     /// The rayon pool of `threads` threads (built on first use).

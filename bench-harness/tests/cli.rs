@@ -298,15 +298,14 @@ fn every_suite_smoke_and_json_schema() {
     ] {
         assert!(count(suite) > 0, "no {suite} records");
     }
-    // matmul: 3 shapes × (baseline + 2 thread counts), plus gemm_prepacked on 2 thread counts
-    // for the one shape that is not GEMV-like.
-    assert_eq!(count("matmul"), 9 + 2);
+    // matmul: 3 shapes × (baseline + 2 thread counts × (gemm, gemm_prepacked)).
+    assert_eq!(count("matmul"), 3 * 5);
     assert_eq!(
         recs.iter()
             .filter(|r| r["impl"] == "kernels-prepacked")
             .map(|r| (r["m"].as_u64(), r["threads"].as_u64()))
             .collect::<Vec<_>>(),
-        [(Some(8), Some(1)), (Some(8), Some(2))]
+        [(8, 1), (8, 2), (1, 1), (1, 2), (1, 1), (1, 2)].map(|(m, t)| (Some(m), Some(t)))
     );
     // attention: 3 seq lens × (f32, bf16) × (naive + 2 thread counts).
     assert_eq!(count("attention"), 18);
@@ -355,31 +354,51 @@ fn every_suite_smoke_and_json_schema() {
     assert_eq!(mem["kv_bytes_total"], 32 * 2 * 2 * 16 * 4);
 }
 
-/// `--paired`: every kernel record of matmul's GEMV shapes and of attention carries the median
-/// per-round percent of its roof; baselines and shapes whose roof is not the FMA peak or a
-/// same-bytes sum carry none; the markdown gains the column.
+/// `--paired`: our records (`kernels`, `kernels-prepacked`) of attention and of GEMV-like matmul
+/// shapes carry the median per-round percent of their same-bytes roof, those of other matmul
+/// shapes exactly when their roof is the FMA peak; baselines carry none; the markdown gains
+/// the column.
 #[test]
 fn paired_rounds_report_a_percent_of_the_roof() {
-    let out = smoke(&["matmul", "attention", "--paired", "--format", "json"]);
+    // TINY, with a 32×32×32 product (arithmetic intensity 5.3 flop/B: the FMA peak is its
+    // roof) in place of the 8×8×8 one.
+    let mut args = vec!["matmul", "attention", "--paired", "--format", "json"];
+    args.extend(FAST);
+    args.extend(TINY);
+    let sizes = args.iter().position(|a| *a == "--sizes").unwrap() + 1;
+    args[sizes] = "32x32x32,1x64x32,qk:1x64x16";
+    let out = run(&config(&args).unwrap()).unwrap();
     let v: Value = serde_json::from_str(&out.report).unwrap();
     let recs = v.as_array().unwrap();
-    let kernel = |r: &&Value| r["impl"] == "kernels";
-    let mut paired = 0;
+    let ours = |r: &Value| r["impl"].as_str().unwrap().starts_with("kernels");
+    // Counts of paired records: attention, GEMV-like matmul, other matmul.
+    let mut paired = [0; 3];
     for r in recs
         .iter()
-        .filter(|r| r["suite"] == "attention" || r["m"] == 1)
+        .filter(|r| r["suite"] == "attention" || r["suite"] == "matmul")
     {
+        let kind = if r["suite"] == "attention" {
+            0
+        } else if r["m"] == 1 {
+            1
+        } else {
+            2
+        };
+        let pairs = ours(r) && (kind < 2 || r["roof"].as_str().unwrap().starts_with("fma"));
         let p = &r["pct_peak_paired"];
-        if kernel(&r) {
+        if pairs {
             let p = p.as_f64().unwrap_or_else(|| panic!("unpaired: {r}"));
             assert!(p.is_finite() && p > 0.0, "{r}");
-            paired += 1;
+            paired[kind] += 1;
         } else {
             assert!(p.is_null(), "{r}");
         }
     }
-    // attention: 3 seq lens × 2 dtypes × 2 thread counts; matmul: 2 GEMV-like shapes × 2.
-    assert_eq!(paired, 12 + 4);
+    // attention: 3 seq lens × 2 dtypes × 2 thread counts; GEMV-like matmul: 2 shapes × 2
+    // thread counts × (gemm, gemm_prepacked); 32×32×32: the same 4 when the FMA peak is its
+    // roof on every thread count, as on any machine whose L2 feeds 5.3 flop/B faster than it
+    // computes.
+    assert_eq!(paired, [12, 8, 4]);
     let md =
         run(&config(&[&["matmul", "attention", "--paired"][..], FAST, TINY].concat()).unwrap())
             .unwrap()

@@ -4,7 +4,9 @@
 use std::fmt;
 
 /// Why a kernel refused its inputs. Nothing is written to any output when one is returned.
+/// New variants may be added (match with a wildcard arm).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KernelError {
     /// Two dimensions that must agree do not, e.g. `a.cols` against `b.rows`.
     ShapeMismatch {

@@ -11,20 +11,17 @@ use kernels::{GemmWorkspace, MatMut, MatRef, PackedB, gemm, gemm_prepacked};
 /// Name of the baseline implementation.
 pub const BASELINE: &str = "matrixmultiply(1t)";
 
+/// Name of `kernels::gemm`.
+pub const KERNELS: &str = "kernels";
+
 /// Name of `kernels::gemm_prepacked` with B packed ahead of time (not timed), as an engine
 /// packs its weights once at load.
 pub const PREPACKED: &str = "kernels-prepacked";
 
-/// Measurements taken: the baseline, then per ISA and thread count `gemm` and (except for
-/// GEMV-like shapes) `gemm_prepacked`.
+/// Measurements taken: the baseline, then per ISA and thread count `gemm` and
+/// `gemm_prepacked`.
 pub fn count(cfg: &RunConfig) -> u64 {
-    cfg.sizes
-        .iter()
-        .map(|s| {
-            let per_config = if s.is_gemv() { 1 } else { 2 };
-            (1 + per_config * cfg.isas.len() * cfg.threads.len()) as u64
-        })
-        .sum()
+    (cfg.sizes.len() * (1 + 2 * cfg.isas.len() * cfg.threads.len())) as u64
 }
 
 /// Bytes allocated per shape: A, B (every copy, with `--cold-b`, and as many packed copies),
@@ -34,7 +31,8 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
         .iter()
         .map(|s| {
             let all_b = s.b_bytes() + extra_b_bytes(cfg, s);
-            let packed_b = if s.is_gemv() { 0 } else { all_b + all_b / 8 };
+            // Packed copies: B padded to whole 32-column panels.
+            let packed_b = all_b + (all_b / s.n.max(1) as u64) * 32;
             (
                 format!("matmul {}x{}x{}", s.m, s.n, s.k),
                 s.bytes()
@@ -223,81 +221,46 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
         for &isa in &cfg.isas {
             let exec = exec_for(isa)?;
             // B packed once per copy, outside the timing, as an engine packs its weights at
-            // load time (GEMV-like shapes stream B in place; packing buys them nothing).
-            let packed = if s.is_gemv() {
-                Vec::new()
-            } else {
-                bvs.iter()
-                    .map(|b| PackedB::new(&exec, *b))
-                    .collect::<std::result::Result<Vec<_>, _>>()?
-            };
+            // load time.
+            let packed = bvs
+                .iter()
+                .map(|b| PackedB::new(&exec, *b))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
             for &t in &cfg.threads {
                 let mut ws = GemmWorkspace::new();
-                c.fill(0.0);
                 let pair = paired_roof(ctx, s, isa, t);
-                let (st, paired) = ctx.time_paired(
-                    t,
-                    &format!("matmul {name} {isa} {t}t"),
-                    || {
-                        gemm(
-                            &exec,
-                            1.0,
-                            av,
-                            bvs[next_b()],
-                            0.0,
-                            &mut MatMut::row_major(&mut c, m, n)?,
-                            &mut ws,
-                        )?;
-                        Ok(())
-                    },
-                    pair,
-                )?;
-                let err = max_rel_diff(&c, &reference);
-                let mut rec = Record {
-                    isa: Some(isa.name().into()),
-                    threads: Some(t),
-                    vs_baseline: Some(base.median / st.median),
-                    note: (err > 1e-3).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
-                    pct_peak_paired: paired,
-                    ..base_record(s, copies)
+                for implementation in [KERNELS, PREPACKED] {
+                    c.fill(0.0);
+                    let (st, paired) = ctx.time_paired(
+                        t,
+                        &format!("matmul {name} {isa} {t}t {implementation}"),
+                        || {
+                            let mut cv = MatMut::row_major(&mut c, m, n)?;
+                            if implementation == PREPACKED {
+                                let b = &packed[next_b()];
+                                gemm_prepacked(&exec, 1.0, av, b, 0.0, &mut cv, &mut ws)?;
+                            } else {
+                                gemm(&exec, 1.0, av, bvs[next_b()], 0.0, &mut cv, &mut ws)?;
+                            }
+                            Ok(())
+                        },
+                        pair,
+                    )?;
+                    let err = max_rel_diff(&c, &reference);
+                    let mut rec = Record {
+                        implementation: implementation.into(),
+                        isa: Some(isa.name().into()),
+                        threads: Some(t),
+                        vs_baseline: Some(base.median / st.median),
+                        note: (err > 1e-3)
+                            .then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                        pct_peak_paired: paired,
+                        ..base_record(s, copies)
+                    }
+                    .with_stats(&st);
+                    fill_rates(ctx, &mut rec, s, isa, t)?;
+                    out.push(rec);
                 }
-                .with_stats(&st);
-                fill_rates(ctx, &mut rec, s, isa, t)?;
-                out.push(rec);
-                if packed.is_empty() {
-                    continue;
-                }
-                c.fill(0.0);
-                let (st, paired) = ctx.time_paired(
-                    t,
-                    &format!("matmul {name} {isa} {t}t {PREPACKED}"),
-                    || {
-                        gemm_prepacked(
-                            &exec,
-                            1.0,
-                            av,
-                            &packed[next_b()],
-                            0.0,
-                            &mut MatMut::row_major(&mut c, m, n)?,
-                            &mut ws,
-                        )?;
-                        Ok(())
-                    },
-                    paired_roof(ctx, s, isa, t),
-                )?;
-                let err = max_rel_diff(&c, &reference);
-                let mut rec = Record {
-                    implementation: PREPACKED.into(),
-                    isa: Some(isa.name().into()),
-                    threads: Some(t),
-                    vs_baseline: Some(base.median / st.median),
-                    note: (err > 1e-3).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
-                    pct_peak_paired: paired,
-                    ..base_record(s, copies)
-                }
-                .with_stats(&st);
-                fill_rates(ctx, &mut rec, s, isa, t)?;
-                out.push(rec);
             }
         }
     }

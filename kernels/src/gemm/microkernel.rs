@@ -65,8 +65,8 @@ pub(crate) type BRead = u8;
 /// prefetch.
 pub(crate) const PACKED: BRead = 0;
 /// A packed panel streaming from memory (packed ahead of time): stride NR, and each row's
-/// lines `b.ahead` floats further on (the rest of the panel, then the next panels, which lie
-/// right after it) are prefetched into L1.
+/// lines `b.ahead` floats further on (the rest of the panel, then what follows it in memory:
+/// usually the next panel) are prefetched into L1.
 pub(crate) const PACKED_AHEAD_L1: BRead = 1;
 /// As [`PACKED_AHEAD_L1`], prefetching into L2 only: for panels that many A panels reuse,
 /// whose L1 space the panel in use needs.
@@ -77,8 +77,8 @@ pub(crate) const IN_PLACE: BRead = 3;
 /// Runs one micro-tile, reading B as `B_READ` says.
 ///
 /// # Safety
-/// `a` holds `MR·kc` readable floats (a packed panel), and `b.ptr + p·b.rs` holds `NV·LANES`
-/// for every `p < kc`; `out.c` is valid for reads and writes at every `(i, j)` with
+/// `a` holds `MR·kc` readable floats (a packed panel), and `b.ptr + p·rs` holds `NV·LANES`
+/// readable floats for every `p < kc`, where `rs` is `b.rs` for [`IN_PLACE`] and NR otherwise; `out.c` is valid for reads and writes at every `(i, j)` with
 /// `i < rows`, `j < cols`, and no other thread accesses those elements during the call.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, const B_READ: BRead>(

@@ -64,17 +64,9 @@ pub fn gemm(
     c: &mut MatMut<'_>,
     ws: &mut GemmWorkspace,
 ) -> Result<()> {
-    check_dim("a.rows vs c.rows", c.rows(), a.rows())?;
-    check_dim("b.cols vs c.cols", c.cols(), b.cols())?;
-    check_dim("a.cols vs b.rows", b.rows(), a.cols())?;
-    let (m, n, k) = (c.rows(), c.cols(), a.cols());
-    if m == 0 || n == 0 {
+    let Some((m, n, k)) = prologue(&a, (b.rows(), b.cols()), alpha, beta, c)? else {
         return Ok(());
-    }
-    if alpha == 0.0 || k == 0 {
-        scale(c, beta);
-        return Ok(());
-    }
+    };
     // One output row (or column, by transposing the whole product) streams B once.
     if m == 1 && (b.col_stride() == 1 || b.row_stride() == 1) {
         gemv_row(exec, alpha, a, b, beta, c, ws);
@@ -171,6 +163,31 @@ pub fn gemm(
         other => unreachable!("no micro-kernel instantiated for {other:?}"),
     });
     Ok(())
+}
+
+/// What every entry point does first: checks A (m×k), B (`b_shape` = k×n) and C (m×n)
+/// against each other, then settles the cases that need no product: an empty C (nothing to
+/// write) and α = 0 or k = 0 (C = β·C, A and B never read). `Some((m, n, k))` when the product
+/// remains to be computed.
+fn prologue(
+    a: &MatRef<'_>,
+    (b_rows, b_cols): (usize, usize),
+    alpha: f32,
+    beta: f32,
+    c: &mut MatMut<'_>,
+) -> Result<Option<(usize, usize, usize)>> {
+    check_dim("a.rows vs c.rows", c.rows(), a.rows())?;
+    check_dim("b.cols vs c.cols", c.cols(), b_cols)?;
+    check_dim("a.cols vs b.rows", b_rows, a.cols())?;
+    let (m, n, k) = (c.rows(), c.cols(), a.cols());
+    if m == 0 || n == 0 {
+        return Ok(None);
+    }
+    if alpha == 0.0 || k == 0 {
+        scale(c, beta);
+        return Ok(None);
+    }
+    Ok(Some((m, n, k)))
 }
 
 /// The raw strided form of a validated view.

@@ -16,8 +16,8 @@
 //! ```
 //! This is the streamed nest without its slab packing: measured in that nest, packing B did
 //! not overlap the micro-kernel at all (pack-only and compute-only times added up to the full
-//! time), and a prefill-shaped product spent 15–20% of its time there. Panels are read in
-//! memory order, 32 KiB at a time, which the hardware prefetchers stream well.
+//! time), and a prefill-shaped product spent 15–20% of its time there. Each thread reads its
+//! panels in memory order (kc·NR floats each: 32 KiB on AVX-512), prefetching 16 KiB ahead.
 //!
 //! The layout depends on the ISA path (its NR and kc), so a `PackedB` remembers the path it was
 //! packed for and [`gemm_prepacked`] refuses an `Exec` on another path. Results are
@@ -27,14 +27,14 @@
 //! [`gemm`]: super::gemm
 
 use super::blocking::{self, Blocking};
-use super::loops::{Out, pack_a_block};
-use super::microkernel::{BPanel, BRead, PACKED_AHEAD_L1, PACKED_AHEAD_L2, TileOut, microkernel};
+use super::loops::{Out, column_of_tiles, pack_a_block};
+use super::microkernel::{BPanel, PACKED_AHEAD_L1, PACKED_AHEAD_L2, TileOut};
 use super::pack::{Strided, pack_b_panels};
 use super::workspace::GemmWorkspace;
-use super::{scale, strided_of};
+use super::{prologue, strided_of};
 use crate::arch::{Isa, Simd, with_simd};
 use crate::buffer::LargeBuffer;
-use crate::error::{KernelError, Result, check_dim};
+use crate::error::{KernelError, Result};
 use crate::exec::{Exec, SharedMut};
 use crate::view::{MatMut, MatRef};
 
@@ -134,7 +134,7 @@ impl PackedB {
         self.isa
     }
 
-    /// Bytes held (the panels, padded to whole NR columns).
+    /// Bytes held: the panels, padded to whole NR columns, and up to 64 bytes of alignment.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
     }
@@ -190,17 +190,9 @@ pub fn gemm_prepacked(
             requested: exec.isa(),
         });
     }
-    check_dim("a.rows vs c.rows", c.rows(), a.rows())?;
-    check_dim("b.cols vs c.cols", c.cols(), b.n)?;
-    check_dim("a.cols vs b.rows", b.k, a.cols())?;
-    let (m, n, k) = (c.rows(), c.cols(), a.cols());
-    if m == 0 || n == 0 {
+    let Some((m, n, k)) = prologue(&a, (b.k, b.n), alpha, beta, c)? else {
         return Ok(());
-    }
-    if alpha == 0.0 || k == 0 {
-        scale(c, beta);
-        return Ok(());
-    }
+    };
     let out = Out {
         c: SharedMut(c.as_mut_ptr()),
         rsc: c.row_stride(),
@@ -264,7 +256,8 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     debug_assert!(b.nr == nr && b.kc == blk.kc && (b.k, b.n) == (k, n));
     let threads = exec.threads().max(1);
-    let mc = blk.mc.min(m.div_ceil(MR) * MR);
+    // A multiple of MR, so that every block packs into `a_buf` (mc·kc floats).
+    let mc = (blk.mc / MR * MR).min(m.div_ceil(MR) * MR);
     let a_buf = ws.a.get(mc * blk.kc.min(k));
     // Each thread's share of an mc-row block of C fills C_BLOCK_BYTES, in whole panels.
     let panels_per_thread = (C_BLOCK_BYTES / (4 * mc * nr)).max(1);
@@ -278,7 +271,8 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
             for pc in (0..k).step_by(blk.kc) {
                 let kc = blk.kc.min(k - pc);
                 let beta = if pc == 0 { beta } else { 1.0 };
-                // SAFETY: rows ic..ic+rows and columns pc..pc+kc lie inside `a`'s m × k.
+                // SAFETY: rows ic..ic+rows and columns pc..pc+kc lie inside `a`'s m × k, and
+                // `a_buf` holds mc·kc ≥ ceil(rows/MR)·MR·kc floats.
                 unsafe { pack_a_block::<MR>(exec, a.offset(ic, pc), rows, kc, a_buf) };
                 let a_packed = &a_buf[..];
                 exec.for_each_index(chunks, |chunk| {
@@ -312,7 +306,8 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// How far ahead in the packed stream each tile prefetches: half a panel (16 KiB on AVX-512).
+/// How far ahead in the packed stream each tile prefetches: 16 KiB (half a panel on AVX-512, a
+/// whole one on AVX2 and the portable path).
 /// Measured in-process on 4096×4096 B, one thread, paired medians against `gemm` on a busy
 /// shared machine: without prefetch the nest took 1.04–1.32× `gemm`'s time (m = 16, 128);
 /// with 8–32 KiB of lookahead 0.88–1.03×; 16 KiB gave 0.88–1.02× at m = 16 and 0.68–0.97×
@@ -323,8 +318,7 @@ const PREFETCH_FLOATS: usize = 4096;
 /// prefetching the packed stream [`PREFETCH_FLOATS`] ahead: into L1 when at most two tiles
 /// use the panel (skinny products are done with it soon), into L2 when more do (the panel in
 /// use keeps L1). Every tile of the column issues the hints (after the first they hit in
-/// cache): one micro-kernel instantiation per loop, because a loop that ran a prefetching
-/// first tile and plain ones after it compiled 1.7–2.4× slower.
+/// cache; see [`column_of_tiles`] for why not only the first).
 ///
 /// # Safety
 /// `a_packed` holds `ceil(block.rows/MR)·MR·kc` floats and `b_panel` `kc·NR`; the block lies
@@ -342,28 +336,13 @@ unsafe fn column_of_prepacked_tiles<S: Simd, const MR: usize, const NV: usize>(
         rs: NV * S::LANES,
         ahead: PREFETCH_FLOATS,
     };
-    #[inline(always)]
-    fn tiles<S: Simd, const MR: usize, const NV: usize, const B_READ: BRead>(
-        s: S,
-        kc: usize,
-        a_packed: *const f32,
-        b: BPanel,
-        block: TileOut,
-    ) {
-        for ir in (0..block.rows).step_by(MR) {
-            let tile = TileOut {
-                c: block.c.wrapping_add(ir * block.rsc),
-                rows: MR.min(block.rows - ir),
-                ..block
-            };
-            // SAFETY: the caller vouches for the panels and the block; this tile is rows
-            // ir..ir+MR of it.
-            unsafe { microkernel::<S, MR, NV, B_READ>(s, kc, a_packed.add(ir * kc), b, tile) };
+    // SAFETY: forwarded from the caller; the hints may point past the panel (into the next
+    // panels, another thread's, or past the buffer), which never faults.
+    unsafe {
+        if block.rows <= 2 * MR {
+            column_of_tiles::<S, MR, NV, PACKED_AHEAD_L1>(s, kc, a_packed, b, block)
+        } else {
+            column_of_tiles::<S, MR, NV, PACKED_AHEAD_L2>(s, kc, a_packed, b, block)
         }
-    }
-    if block.rows <= 2 * MR {
-        tiles::<S, MR, NV, PACKED_AHEAD_L1>(s, kc, a_packed, b, block)
-    } else {
-        tiles::<S, MR, NV, PACKED_AHEAD_L2>(s, kc, a_packed, b, block)
     }
 }

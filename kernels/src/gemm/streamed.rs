@@ -25,6 +25,7 @@
 
 use super::blocking::Blocking;
 use super::loops::{Out, column_of_tiles, pack_a_block};
+use super::microkernel::{BPanel, PACKED};
 use super::pack::{Strided, pack_b_panels};
 use super::workspace::GemmWorkspace;
 use crate::arch::Simd;
@@ -141,11 +142,11 @@ pub(crate) unsafe fn gemm_streamed<S: Simd, const MR: usize, const NV: usize>(
                                 // SAFETY: A is packed for all m rows and the slab holds panel
                                 // jp; the block lies inside C and belongs to this chunk alone.
                                 unsafe {
-                                    column_of_tiles::<S, MR, NV>(
+                                    column_of_tiles::<S, MR, NV, PACKED>(
                                         s,
                                         kc,
                                         a_packed.as_ptr(),
-                                        slab[jp * kc * nr..].as_ptr(),
+                                        BPanel::packed(slab[jp * kc * nr..].as_ptr(), nr),
                                         block,
                                     )
                                 };
