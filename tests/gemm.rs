@@ -667,8 +667,9 @@ fn streamed_several_c_blocks() {
 }
 
 /// 3 and 4 threads (the other tests use 1 and 2): uneven chunk splits in the streamed nest,
-/// and the blocked nest with both several ic blocks and several column chunks per block; the
-/// result must still equal the sequential one bit for bit.
+/// and the blocked nest with both several ic blocks and several column chunks per block (and
+/// `gemm_prepacked`, whose threads take row blocks or column chunks); the result must still
+/// equal the sequential one bit for bit.
 #[test]
 fn three_and_four_threads_agree_bitwise() {
     let mut rng = rng(13);
@@ -688,6 +689,7 @@ fn three_and_four_threads_agree_bitwise() {
             for shape in [(300, 200, 300), (64, 1000, 300), (7, 300, 100)] {
                 let p = Problem::new(&mut rng, shape, ROW3, 1.0, 0.0);
                 check(&cases, &p, &mut ws);
+                check_via(&cases, &p, &mut ws, Via::Prepacked);
             }
         }
     }

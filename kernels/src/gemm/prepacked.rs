@@ -7,10 +7,10 @@
 //! packed B: for each kc block of rows (pc), for each NR panel (jp): a kc × NR micro-panel
 //!           (the last panel zero-padded past n), all of one pc block's panels contiguous
 //!
-//! jc: n in steps sized so that each thread's share of the mc × nc block of C stays in its L2
-//!  ic: m in steps of mc
+//! jc: n in steps sized so that each thread's part of the mc × nc block of C stays in its L2
+//!  ic: m in steps of mc      threads take whole ic blocks when there are enough of them
 //!   pc: k in steps of kc     pack A[ic.., pc..] → mc×kc (L2-resident)
-//!    thread chunk of NR panels
+//!    NR panels               all of them, or (fewer ic blocks than threads) a thread's chunk
 //!     jr: NR panels          the packed micro-panel, read straight from the PackedB
 //!      ir: MR panels         micro-kernel
 //! ```
@@ -27,9 +27,9 @@
 //! [`gemm`]: super::gemm
 
 use super::blocking::{self, Blocking};
-use super::loops::{Out, column_of_tiles, pack_a_block};
+use super::loops::{Out, TaskGrid, column_of_tiles, pack_a_block};
 use super::microkernel::{BPanel, PACKED_AHEAD_L1, PACKED_AHEAD_L2, TileOut};
-use super::pack::{Strided, pack_b_panels};
+use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
 use super::{prologue, strided_of};
 use crate::arch::{Isa, Simd, with_simd};
@@ -37,6 +37,7 @@ use crate::buffer::LargeBuffer;
 use crate::error::{KernelError, Result};
 use crate::exec::{Exec, SharedMut};
 use crate::view::{MatMut, MatRef};
+use std::ops::Range;
 
 /// Bytes of C each thread keeps in its L2 across the k loop (as in the streamed nest).
 const C_BLOCK_BYTES: usize = 1024 * 1024;
@@ -256,50 +257,83 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     let nr = NV * S::LANES;
     debug_assert!(b.nr == nr && b.kc == blk.kc && (b.k, b.n) == (k, n));
     let threads = exec.threads().max(1);
-    // A multiple of MR, so that every block packs into `a_buf` (mc·kc floats).
-    let mc = (blk.mc / MR * MR).min(m.div_ceil(MR) * MR);
-    let a_buf = ws.a.get(mc * blk.kc.min(k));
-    // Each thread's share of an mc-row block of C fills C_BLOCK_BYTES, in whole panels.
+    let kc_max = blk.kc.min(k);
+    // mc is a multiple of MR, so every block of rows packs into mc·kc floats.
+    let grid = TaskGrid::new(blk, m, n.div_ceil(nr), threads);
+    let mc = grid.mc;
+    // With a block of rows for every thread, threads take whole row blocks (each packs its
+    // own A and reads every panel); otherwise they split each block's panels.
+    let by_rows = threads > 1 && grid.jr_chunks == 1;
+    // Each thread's part of a block of C fills C_BLOCK_BYTES, in whole panels.
     let panels_per_thread = (C_BLOCK_BYTES / (4 * mc * nr)).max(1);
-    let nc_max = panels_per_thread * nr * threads;
+    let nc_max = panels_per_thread * nr * if by_rows { 1 } else { threads };
     for jc in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - jc);
-        let n_panels = nc.div_ceil(nr);
-        let chunks = threads.min(n_panels);
+        let panels = jc / nr..(jc + nc).div_ceil(nr);
+        // The tiles of rows ic.. (their A packed at `a_block`) against `panels` of kc block pc.
+        let run = |ic: usize, rows: usize, pc: usize, a_block: &[f32], panels: Range<usize>| {
+            let kc = blk.kc.min(k - pc);
+            let beta = if pc == 0 { beta } else { 1.0 };
+            s.vectorize(
+                #[inline(always)]
+                || {
+                    for jp in panels {
+                        let cols = nr.min(n - jp * nr);
+                        let block = out.at(ic, jp * nr, (rows, cols), alpha, beta);
+                        // SAFETY: A's block is packed for `rows` rows; panel jp of block pc
+                        // holds kc·NR floats (prefetch hints past it never fault); the block
+                        // lies inside C and belongs to this task alone.
+                        unsafe {
+                            column_of_prepacked_tiles::<S, MR, NV>(
+                                s,
+                                kc,
+                                a_block.as_ptr(),
+                                b.panel(pc, jp),
+                                block,
+                            )
+                        };
+                    }
+                },
+            );
+        };
+        if by_rows {
+            let a_all = ws.a.get(grid.ic_blocks * mc * kc_max);
+            exec.for_each_chunk_mut(a_all, mc * kc_max, |ic_index, a_block| {
+                let ic = ic_index * mc;
+                let rows = mc.min(m - ic);
+                for pc in (0..k).step_by(blk.kc) {
+                    let kc = blk.kc.min(k - pc);
+                    for ip in 0..rows.div_ceil(MR) {
+                        // SAFETY: rows ic + ip·MR.. (< m) and columns pc..pc+kc lie inside
+                        // `a`; the block holds mc/MR panels of MR·kc floats.
+                        unsafe {
+                            pack_a_panel::<MR>(
+                                a.offset(ic + ip * MR, pc),
+                                MR.min(rows - ip * MR),
+                                kc,
+                                &mut a_block[ip * MR * kc..],
+                            )
+                        };
+                    }
+                    run(ic, rows, pc, a_block, panels.clone());
+                }
+            });
+            continue;
+        }
+        let a_buf = ws.a.get(mc * kc_max);
+        let chunks = threads.min(panels.len());
         for ic in (0..m).step_by(mc) {
             let rows = mc.min(m - ic);
             for pc in (0..k).step_by(blk.kc) {
                 let kc = blk.kc.min(k - pc);
-                let beta = if pc == 0 { beta } else { 1.0 };
                 // SAFETY: rows ic..ic+rows and columns pc..pc+kc lie inside `a`'s m × k, and
                 // `a_buf` holds mc·kc ≥ ceil(rows/MR)·MR·kc floats.
                 unsafe { pack_a_block::<MR>(exec, a.offset(ic, pc), rows, kc, a_buf) };
                 let a_packed = &a_buf[..];
                 exec.for_each_index(chunks, |chunk| {
-                    let first = jc / nr + chunk * n_panels / chunks;
-                    let last = jc / nr + (chunk + 1) * n_panels / chunks;
-                    s.vectorize(
-                        #[inline(always)]
-                        || {
-                            for jp in first..last {
-                                let cols = nr.min(n - jp * nr);
-                                let block = out.at(ic, jp * nr, (rows, cols), alpha, beta);
-                                // SAFETY: A's block is packed for `rows` rows; panel jp
-                                // of block pc holds kc·NR floats (prefetch hints past it
-                                // never fault); the block lies inside C and belongs to this
-                                // chunk alone.
-                                unsafe {
-                                    column_of_prepacked_tiles::<S, MR, NV>(
-                                        s,
-                                        kc,
-                                        a_packed.as_ptr(),
-                                        b.panel(pc, jp),
-                                        block,
-                                    )
-                                };
-                            }
-                        },
-                    );
+                    let (first, count) = (panels.start, panels.len());
+                    let own = first + chunk * count / chunks..first + (chunk + 1) * count / chunks;
+                    run(ic, rows, pc, a_packed, own);
                 });
             }
         }
