@@ -1271,3 +1271,88 @@ fn failed_decode_leaves_cache_unchanged() {
     );
     assert_eq!(cache.next_position(), 0);
 }
+
+/// A layer built with `new_packed` (weights packed once for the case's ISA path) matches the
+/// f64 reference at every decode step and through a prefill, like the row-major layer; it
+/// reports its path; a call on another path is an error that leaves the cache as it was.
+#[test]
+fn packed_weights_layer_matches_reference() {
+    let (d_model, tokens) = (48, 40);
+    let xs = random_vec(&mut rng(31), tokens * d_model);
+    for (si, &(h, kv, name)) in SHAPES.iter().enumerate() {
+        let (cfg, w) = layer_with(300 + si as u64, d_model, heads(h, kv, 40), si != 2, si != 1);
+        let want = layer_f64(&cfg, &w, &xs, tokens, 0);
+        assert_eq!(
+            AttentionLayer::new(cfg, w.clone()).unwrap().packed_for(),
+            None
+        );
+        for case in exec_cases() {
+            let layer = AttentionLayer::new_packed(&case.exec, cfg, w.clone()).unwrap();
+            assert_eq!(layer.packed_for(), Some(case.isa()));
+            let what = format!("{name} packed {case}");
+            let mut cache = cache_for(cfg.heads, tokens, 0, KvDtype::F32);
+            let got = decode_tokens(&case, &layer, &mut cache, &xs);
+            check_tokens(&what, &got, &want, TOL);
+            // A prefill of the first 30 tokens, then decode of the rest.
+            let mut cache = cache_for(cfg.heads, tokens, 0, KvDtype::F32);
+            let split = 30;
+            let out_dim = layer.out_dim();
+            let mut out = vec![f32::NAN; split * out_dim];
+            case.run(|| {
+                let mut s = LayerScratch::new(&cfg, case.threads).unwrap();
+                layer
+                    .prefill(
+                        &case.exec,
+                        &mut cache,
+                        0,
+                        &xs[..split * d_model],
+                        &mut out,
+                        &mut s,
+                    )
+                    .unwrap()
+            });
+            let prefilled: Vec<Vec<f32>> = out.chunks(out_dim).map(|c| c.to_vec()).collect();
+            check_tokens(&format!("{what} prefill"), &prefilled, &want[..split], TOL);
+            let rest = decode_tokens(&case, &layer, &mut cache, &xs[split * d_model..]);
+            check_tokens(
+                &format!("{what} decode after prefill"),
+                &rest,
+                &want[split..],
+                TOL,
+            );
+        }
+    }
+    // Another path than the packing's: refused before the cache is touched.
+    let isas = kernels::Isa::available();
+    if isas.len() < 2 {
+        return;
+    }
+    let (cfg, w) = layer_with(310, d_model, heads(4, 2, 16), true, true);
+    let packed_on = Exec::new().with_isa(isas[0]).unwrap();
+    let other = Exec::new().with_isa(isas[1]).unwrap();
+    let layer = AttentionLayer::new_packed(&packed_on, cfg, w).unwrap();
+    let mut cache = cache_for(cfg.heads, 8, 0, KvDtype::F32);
+    let mut s = LayerScratch::new(&cfg, 1).unwrap();
+    let mut out = vec![0.0; layer.out_dim()];
+    let err = layer
+        .decode(&other, &mut cache, 0, &xs[..d_model], &mut out, &mut s)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DecodeError::Kernel(kernels::KernelError::PackedForOtherIsa { .. })
+        ),
+        "{err}"
+    );
+    let mut out2 = vec![0.0; 2 * layer.out_dim()];
+    assert!(
+        layer
+            .prefill(&other, &mut cache, 0, &xs[..2 * d_model], &mut out2, &mut s)
+            .is_err()
+    );
+    assert_eq!(
+        cache.layer_position(0).unwrap(),
+        0,
+        "cache written on error"
+    );
+}

@@ -1051,8 +1051,8 @@ fn prepacked_several_blocks_and_empty_shapes() {
     }
 }
 
-/// A packed B reports its shape and path; calls on another path, or with shapes that do not
-/// match it, are errors that leave C untouched.
+/// A packed B reports its shape and path, and its clone multiplies like it; calls on another
+/// path, or with shapes that do not match it, are errors that leave C untouched.
 #[test]
 fn prepacked_errors() {
     let b: Vec<f32> = (0..6 * 40).map(|i| i as f32).collect();
@@ -1063,6 +1063,19 @@ fn prepacked_errors() {
         let packed = PackedB::new(&exec, MatRef::row_major(&b, 6, 40).unwrap()).unwrap();
         assert_eq!((packed.k(), packed.n(), packed.isa()), (6, 40, isa));
         assert!(packed.bytes() >= 6 * 40 * 4);
+        // A clone multiplies like the original, bit for bit.
+        let copy = packed.clone();
+        let mut products = [vec![0.0f32; 3 * 40], vec![0.0f32; 3 * 40]];
+        for (p, c) in [&packed, &copy].into_iter().zip(&mut products) {
+            let a = MatRef::row_major(&a, 3, 6).unwrap();
+            let mut cv = MatMut::row_major(c, 3, 40).unwrap();
+            gemm_prepacked(&exec, 1.0, a, p, 0.0, &mut cv, &mut ws).unwrap();
+        }
+        assert_eq!(products[0], products[1]);
+        assert_eq!(
+            products[0][41],
+            (0..6).map(|p| (p * 40 + 1) as f32).sum::<f32>()
+        );
         let mut c = vec![7.0f32; 3 * 40];
         for other in Isa::available().into_iter().filter(|&o| o != isa) {
             let err = gemm_prepacked(

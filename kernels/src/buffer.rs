@@ -59,6 +59,17 @@ impl<T: Zeroable> Default for LargeBuffer<T> {
     }
 }
 
+impl<T: Zeroable> Clone for LargeBuffer<T> {
+    /// A copy of the same kind (huge pages where the original could have them).
+    fn clone(&self) -> Self {
+        // The length already exists as a buffer of T, so it cannot overflow; like `Vec`, a
+        // failed allocation aborts.
+        let mut copy = Self::zeroed(self.len()).expect("a buffer of this length exists");
+        copy.copy_from_slice(self);
+        copy
+    }
+}
+
 impl<T: Zeroable> LargeBuffer<T> {
     /// `len` zeros. [`KernelError::SizeOverflow`](crate::KernelError::SizeOverflow) when
     /// `len · size_of::<T>()` exceeds `isize::MAX` bytes; aborts when memory is exhausted, as
@@ -224,6 +235,9 @@ mod tests {
             if len * 4 >= HUGE_PAGE_BYTES && cfg!(target_os = "linux") {
                 assert_eq!(b.as_ptr() as usize % HUGE_PAGE_BYTES, 0, "len {len}");
             }
+            let copy = b.clone();
+            assert_eq!(&copy[..], &b[..]);
+            assert_eq!(copy.huge_pages_advised(), b.huge_pages_advised());
         }
         let h = LargeBuffer::<crate::Bf16>::zeroed(HUGE_PAGE_BYTES).unwrap();
         assert!(LargeBuffer::<f32>::default().is_empty());

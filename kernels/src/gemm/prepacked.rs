@@ -148,6 +148,21 @@ impl PackedB {
     }
 }
 
+impl Clone for PackedB {
+    fn clone(&self) -> Self {
+        // The copy's panels start on its own first 64-byte boundary.
+        let mut data = self.data.clone();
+        let start = data.as_ptr().align_offset(64).min(15);
+        let used = self.data.len() - 16;
+        data.copy_within(self.start..self.start + used, start);
+        Self {
+            data,
+            start,
+            ..*self
+        }
+    }
+}
+
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PackedB")
