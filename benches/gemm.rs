@@ -1,11 +1,12 @@
 //! Matmul throughput in flops: `Throughput::Elements(2·m·n·k)`, so criterion's "elem/s" reads
-//! as flop/s. Each group runs this crate and matrixmultiply on the same inputs; the `peak`
-//! group times the FMA probe of the detected ISA in the same run, for % of peak.
+//! as flop/s. Each group runs this crate (`gemm` on one thread and on the pool, and
+//! `gemm_prepacked` with B packed ahead of time) and matrixmultiply on the same inputs; the
+//! `peak` group times the FMA probe of the detected ISA in the same run, for % of peak.
 //!
 //! `cargo bench --bench gemm` (all) or `cargo bench --bench gemm -- square/1024`.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use kernels::{Exec, GemmWorkspace, Isa, MatMut, MatRef, gemm};
+use kernels::{Exec, GemmWorkspace, Isa, MatMut, MatRef, PackedB, gemm, gemm_prepacked};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::hint::black_box;
@@ -47,6 +48,16 @@ fn bench_shape(c: &mut Criterion, group: &str, m: usize, n: usize, k: usize, b_t
             let a_view = MatRef::row_major(&a, m, k).unwrap();
             let mut c_view = MatMut::row_major(&mut out, m, n).unwrap();
             gemm(&par, 1.0, a_view, b_view(), 0.0, &mut c_view, &mut ws).unwrap();
+            black_box(&out);
+        })
+    });
+    // B packed once, outside the timing (an engine's weights).
+    let packed = PackedB::new(&seq, b_view()).unwrap();
+    g.bench_function(BenchmarkId::new("kernels-prepacked-1t", &label), |bench| {
+        bench.iter(|| {
+            let a_view = MatRef::row_major(&a, m, k).unwrap();
+            let mut c_view = MatMut::row_major(&mut out, m, n).unwrap();
+            gemm_prepacked(&seq, 1.0, a_view, &packed, 0.0, &mut c_view, &mut ws).unwrap();
             black_box(&out);
         })
     });
