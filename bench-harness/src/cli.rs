@@ -73,7 +73,8 @@ pub struct RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct ProfileArgs {
     /// The suite whose configuration to loop: matmul, softmax, attention, prefill,
-    /// kv-vs-recompute (`recompute` loops the recompute path; `cached` the cached one).
+    /// kv-vs-recompute (`recompute` loops the recompute path; `cached` the cached one;
+    /// `prepacked` loops matmul's `gemm_prepacked`, B packed before the loop).
     #[arg(value_name = "SUITE")]
     pub suite: String,
     /// Shape of the configuration (first value of each list).

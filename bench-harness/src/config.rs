@@ -59,7 +59,7 @@ impl Suite {
         let t = s.trim().to_ascii_lowercase().replace('_', "-");
         Ok(match t.as_str() {
             "peak" | "roofline" => Suite::Peak,
-            "matmul" | "gemm" => Suite::Matmul,
+            "matmul" | "gemm" | "prepacked" => Suite::Matmul,
             "softmax" => Suite::Softmax,
             "attention" | "decode" => Suite::Attention,
             "prefill" => Suite::Prefill,

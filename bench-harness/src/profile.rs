@@ -10,7 +10,9 @@ use crate::measure::fmt_time;
 use crate::runner::{dec, exec_for, random_vec};
 use crate::suites::matmul::b_strides;
 use decode::bench::{DecodeBench, PrefillBench, RecomputeBench};
-use kernels::{GemmWorkspace, MatMut, MatRef, SoftmaxOptions, gemm, softmax_rows};
+use kernels::{
+    GemmWorkspace, MatMut, MatRef, PackedB, SoftmaxOptions, gemm, gemm_prepacked, softmax_rows,
+};
 use std::io::Write;
 use std::time::{Duration, Instant};
 
@@ -87,22 +89,46 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
             let mut c = vec![0.0f32; m * n];
             let mut ws = GemmWorkspace::new();
             let (rsb, csb) = b_strides(&s);
-            (
-                format!("matmul {} {m}x{n}x{k} (B copies: {copies})", s.label),
-                Box::new(move || {
-                    turn += 1;
-                    gemm(
-                        &exec,
-                        1.0,
-                        MatRef::row_major(&a, m, k)?,
-                        MatRef::new(&bs[turn % copies], k, n, rsb, csb)?,
-                        0.0,
-                        &mut MatMut::row_major(&mut c, m, n)?,
-                        &mut ws,
-                    )?;
-                    Ok(())
-                }),
-            )
+            let desc = format!("matmul {} {m}x{n}x{k} (B copies: {copies})", s.label);
+            if p.suite.trim().eq_ignore_ascii_case("prepacked") {
+                let packed = bs
+                    .iter()
+                    .map(|b| PackedB::new(&exec, MatRef::new(b, k, n, rsb, csb)?))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                (
+                    format!("{desc}, gemm_prepacked"),
+                    Box::new(move || {
+                        turn += 1;
+                        gemm_prepacked(
+                            &exec,
+                            1.0,
+                            MatRef::row_major(&a, m, k)?,
+                            &packed[turn % copies],
+                            0.0,
+                            &mut MatMut::row_major(&mut c, m, n)?,
+                            &mut ws,
+                        )?;
+                        Ok(())
+                    }),
+                )
+            } else {
+                (
+                    desc,
+                    Box::new(move || {
+                        turn += 1;
+                        gemm(
+                            &exec,
+                            1.0,
+                            MatRef::row_major(&a, m, k)?,
+                            MatRef::new(&bs[turn % copies], k, n, rsb, csb)?,
+                            0.0,
+                            &mut MatMut::row_major(&mut c, m, n)?,
+                            &mut ws,
+                        )?;
+                        Ok(())
+                    }),
+                )
+            }
         }
         Suite::Softmax => {
             let len = cfg.row_lens[0];

@@ -215,6 +215,20 @@ fn main_exit_codes() {
         out.contains("iterations") && out.contains("per iteration"),
         "{out}"
     );
+    assert!(!out.contains("gemm_prepacked"), "{out}");
+    let (code, out, e) = run_main(&[
+        "profile",
+        "prepacked",
+        "--sizes",
+        "9x40x33",
+        "--seconds",
+        "0.05",
+    ]);
+    assert_eq!(code, 0, "{e}");
+    assert!(
+        out.contains("gemm_prepacked") && out.contains("9x40x33"),
+        "{out}"
+    );
     let (code, out, e) = run_main(&[
         "profile",
         "attention",
