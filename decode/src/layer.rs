@@ -149,8 +149,8 @@ impl AttentionLayer {
     /// `kernels::PackedB`; the row-major copies are dropped), so that no call packs weights
     /// again: prefill's projections take `kernels::gemm_prepacked` (against `gemm`, one
     /// thread: 0.87–0.91× the time at 128×4096×4096 in-process, 0.73–0.85× in the harness
-    /// with the weights streaming from DRAM), decode's one-row ones run within ±10% of
-    /// `gemm`'s GEMV. Calls must then run on that path: another is a `DecodeError::Kernel`
+    /// with the weights streaming from DRAM), decode's one-row ones run as fast as
+    /// `gemm`'s GEMV (0.9–1.2×, paired in the harness). Calls must then run on that path: another is a `DecodeError::Kernel`
     /// (`PackedForOtherIsa`) before anything is written.
     pub fn new_packed(exec: &Exec, cfg: LayerConfig, w: LayerWeights) -> Result<Self> {
         let plain = Self::new(cfg, w)?;

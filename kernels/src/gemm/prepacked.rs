@@ -215,22 +215,29 @@ pub fn gemm_prepacked(
         csc: c.col_stride(),
     };
     let sa = strided_of(&a);
+    if m == 1 {
+        // One row (decode's x·W): gathered into the workspace when A's row is strided.
+        let x: &[f32] = if a.col_stride() == 1 {
+            &a.data()[..k]
+        } else {
+            let buf = ws.a.get(k);
+            for (p, v) in buf.iter_mut().enumerate() {
+                *v = a.at(0, p);
+            }
+            buf
+        };
+        with_simd!(exec.isa(), |s| {
+            // SAFETY: C is a validated 1×n view with distinct elements, borrowed mutably for
+            // the call; `b` holds k × n packed for this path (NV = 2 on every path).
+            unsafe { gemv_prepacked::<_, 2>(s, exec, alpha, x, b, beta, out) }
+        });
+        return Ok(());
+    }
     // Panels that stream from memory make the shorter tile's lower arithmetic intensity cost
     // less than in the nests that pack B just before use: half the handicap. Measured, paired
     // against the 12-row tile: 8 rows 0.96–0.98× the time at m = 128 and 256 (where 12 wastes
     // 3%), 12 rows faster at m = 96 and 192 (both exact).
-    let blk = if m == 1 {
-        // One row (decode's x·W): a 1×NR tile, so no FMA is spent on padding rows. Paired
-        // in-process against `gemm`'s GEMV path at 1×4096×4096 and 1×11008×4096 (B row- and
-        // column-major): 0.90–1.11× the time, where the 8-row tile took 1.2–1.4×; so an engine
-        // may keep only the packed copy of a weight matrix.
-        Blocking {
-            mr: 1,
-            ..layout_of(exec.isa())
-        }
-    } else {
-        blocking::choose_with(exec.isa(), m, 0.02)
-    };
+    let blk = blocking::choose_with(exec.isa(), m, 0.02);
     macro_rules! run {
         ($s:ident, $mr:literal, $nv:literal) => {
             // SAFETY: A is a validated m×k view, C a validated m×n view with distinct
@@ -244,7 +251,6 @@ pub fn gemm_prepacked(
         (8, 2) => run!(s, 8, 2),
         (6, 2) => run!(s, 6, 2),
         (4, 2) => run!(s, 4, 2),
-        (1, 2) => run!(s, 1, 2),
         other => unreachable!("no micro-kernel instantiated for {other:?}"),
     });
     Ok(())
@@ -353,6 +359,106 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
             }
         }
     }
+}
+
+/// kc blocks of a panel column that [`gemv_prepacked`] reads at once (in-process against
+/// `gemm`'s GEMV at 1×4096×4096 and 1×11008×4096, one thread: 8 streams 0.93–0.97× its time,
+/// 4 streams 0.995–1.01×).
+const GEMV_STREAMS: usize = 8;
+
+/// `y = α·x·B + β·y` for one row `x` (k floats) over a [`PackedB`]: threads split the NR panels
+/// once; for each panel column the kc blocks are read [`GEMV_STREAMS`] at a time, each its own
+/// sequential run of one panel, into accumulators that hold the whole k in registers, and y
+/// is written once. Several concurrent streams keep more lines in flight than the single
+/// stream a micro-kernel tile reads (`gemm`'s GEMV gets the same from four rows of B at a
+/// time): a 1×NR micro-tile ran at 0.7–0.9× `gemm`'s GEMV in the harness (paired with the
+/// same-bytes sum), this at 0.9–1.2× (99–128% of the sum on one thread, 94–124% on two).
+///
+/// # Safety
+/// `b` is packed for `S`'s path with NV vectors per panel row and `b.k == x.len()`; `out.c`
+/// points at a 1 × `b.n` row of C (column stride `out.csc`), writable and touched by nothing
+/// else during the call.
+unsafe fn gemv_prepacked<S: Simd, const NV: usize>(
+    s: S,
+    exec: &Exec,
+    alpha: f32,
+    x: &[f32],
+    b: &PackedB,
+    beta: f32,
+    out: Out,
+) {
+    let (lanes, nr) = (S::LANES, NV * S::LANES);
+    debug_assert!(b.nr == nr && b.k == x.len());
+    let (k, n, kc_full) = (b.k, b.n, b.kc);
+    let panels = n.div_ceil(nr);
+    let chunks = exec.threads().max(1).min(panels);
+    // The first rows of the kc blocks, full ones grouped by GEMV_STREAMS; the partial last block
+    // (k not a multiple of kc) and the leftovers go one at a time.
+    let full_blocks = k / kc_full;
+    let grouped = full_blocks / GEMV_STREAMS * GEMV_STREAMS;
+    // `acc += Σ_p x[pc_i + p] · panel_i[p]` over the G kc blocks starting at rows `pcs` of panel
+    // column `jp`, `kc` rows each.
+    #[inline(always)]
+    fn blocks<S: Simd, const NV: usize, const G: usize>(
+        s: S,
+        x: &[f32],
+        b: &PackedB,
+        jp: usize,
+        pcs: [usize; G],
+        kc: usize,
+        acc: &mut [S::V; NV],
+    ) {
+        let rows: [*const f32; G] = pcs.map(|pc| b.panel(pc, jp));
+        let mut part = [[s.zero(); NV]; G];
+        for p in 0..kc {
+            for g in 0..G {
+                let xv = s.splat(x[pcs[g] + p]);
+                for (v, a) in part[g].iter_mut().enumerate() {
+                    // SAFETY: row p < kc of the kc × NR panel holds NR = NV·LANES floats.
+                    let bv = unsafe { s.load(rows[g].add(p * NV * S::LANES + v * S::LANES)) };
+                    *a = s.fmadd(xv, bv, *a);
+                }
+            }
+        }
+        for pg in part {
+            for (a, v) in acc.iter_mut().zip(pg) {
+                *a = s.add(*a, v);
+            }
+        }
+    }
+    exec.for_each_index(chunks, |chunk| {
+        s.vectorize(
+            #[inline(always)]
+            || {
+                for jp in chunk * panels / chunks..(chunk + 1) * panels / chunks {
+                    let mut acc = [s.zero(); NV];
+                    for first in (0..grouped).step_by(GEMV_STREAMS) {
+                        let pcs = std::array::from_fn(|g| (first + g) * kc_full);
+                        blocks::<S, NV, GEMV_STREAMS>(s, x, b, jp, pcs, kc_full, &mut acc);
+                    }
+                    for pc in (grouped * kc_full..k).step_by(kc_full) {
+                        let kc = kc_full.min(k - pc);
+                        blocks::<S, NV, 1>(s, x, b, jp, [pc], kc, &mut acc);
+                    }
+                    let cols = nr.min(n - jp * nr);
+                    let mut vals = [0.0f32; 64];
+                    debug_assert!(nr <= 64);
+                    for (v, a) in acc.iter().enumerate() {
+                        // SAFETY: `vals` holds 64 ≥ NR floats.
+                        unsafe {
+                            s.store(vals.as_mut_ptr().add(v * lanes), s.mul(s.splat(alpha), *a))
+                        };
+                    }
+                    for (j, val) in vals.iter().enumerate().take(cols) {
+                        let yj = out.c.at((jp * nr + j) * out.csc);
+                        // SAFETY: column jp·NR + j < n of C's single row; this chunk alone owns
+                        // panel jp's columns. β = 0 never reads C.
+                        unsafe { *yj = if beta == 0.0 { *val } else { beta * *yj + *val } };
+                    }
+                }
+            },
+        )
+    });
 }
 
 /// How far ahead in the packed stream each tile prefetches: 16 KiB (half a panel on AVX-512, a
