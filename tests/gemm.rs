@@ -985,9 +985,10 @@ fn workspace_reuse() {
     }
 }
 
-/// `gemm_prepacked` against the f64 reference: tile edges in m (both tile heights), n (partial
-/// and zero-padded last panels) and k (partial kc blocks), B in every layout (the packing reads
-/// any strides), strided A and C, the α/β semantics with C pre-filled with NaN when β = 0,
+/// `gemm_prepacked` against the f64 reference: tile edges in m (both tile heights, and one row,
+/// whose path reads eight kc blocks at a time: k = 2100 has eight full ones and a partial one),
+/// n (partial and zero-padded last panels) and k (partial kc blocks), B in every layout (the
+/// packing reads any strides), strided A and C, the α/β semantics with C pre-filled with NaN when β = 0,
 /// every ISA, 1 and 2 threads agreeing bit for bit, guard zones intact.
 #[test]
 fn prepacked_matches_reference() {
@@ -997,6 +998,7 @@ fn prepacked_matches_reference() {
     for (m, n, k) in [
         (1, 1, 1),
         (1, 257, 513),
+        (1, 45, 2100),
         (2, 33, 17),
         (7, 31, 255),
         (8, 32, 256),
