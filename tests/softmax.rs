@@ -870,3 +870,98 @@ fn huge_logits_with_non_power_of_two_scale() {
         });
     }
 }
+
+/// Rows longer than L1 (up to 160 KiB): random rows against the f64 reference, in place and
+/// out of place; and the defined results when long stretches hold only −∞, when the only
+/// finite entry lies far into the row (exactly 1.0), when +∞ appears late after finite values
+/// (it takes all the mass), and when a NaN anywhere meets a +∞ or finite values elsewhere (the
+/// whole row NaN); a causal mask with valid lengths of several thousand.
+#[test]
+fn long_rows_and_their_special_cases() {
+    let mut rng = rng(27);
+    for exec in isa_execs() {
+        for len in [4097, 12288, 40000] {
+            let data: Vec<f32> = (0..len)
+                .map(|_| rng.random_range(-30.0f32..=30.0))
+                .collect();
+            let got = softmax(&exec, &data, len, SoftmaxOptions::default());
+            let ctx = format!("[{}] long len={len}", exec.isa());
+            check_row(&got, &data, &softmax_f64(&data), &ctx);
+            check_sum(&got, &ctx);
+        }
+        let len = 10000;
+        let ctx = |what: &str| format!("[{}] len={len} {what}", exec.isa());
+        // The first chunk and a middle stretch all −∞: zeros there, the softmax elsewhere.
+        let mut row: Vec<f32> = (0..len).map(|j| ((j * 37) % 101) as f32 * 0.1).collect();
+        row[..4096].fill(NEG_INF);
+        row[5000..9000].fill(NEG_INF);
+        let got = softmax(&exec, &row, len, SoftmaxOptions::default());
+        check_row(&got, &row, &softmax_f64(&row), &ctx("masked chunks"));
+        check_sum(&got, &ctx("masked chunks"));
+        // One finite entry in the third chunk: exactly 1 there, 0 elsewhere; all −∞: zeros.
+        for x in [0.0, 5682.0, -1e30, 1e30] {
+            let mut row = vec![NEG_INF; len];
+            row[9000] = x;
+            let got = softmax(&exec, &row, len, SoftmaxOptions::default());
+            let mut want = vec![0.0; len];
+            want[9000] = 1.0;
+            assert_eq!(got, want, "{}", ctx(&format!("one-hot {x}")));
+        }
+        let got = softmax(&exec, &vec![NEG_INF; len], len, SoftmaxOptions::default());
+        assert!(got.iter().all(|&v| v == 0.0), "{}", ctx("all −∞"));
+        // +∞ twice in the last chunk, after finite chunks: they share the mass.
+        let mut row: Vec<f32> = (0..len).map(|j| (j % 13) as f32).collect();
+        row[8500] = INF;
+        row[9999] = INF;
+        let got = softmax(&exec, &row, len, SoftmaxOptions::default());
+        let mut want = vec![0.0; len];
+        want[8500] = 0.5;
+        want[9999] = 0.5;
+        assert_eq!(got, want, "{}", ctx("+∞ in a later chunk"));
+        // A NaN anywhere makes the whole row NaN: before a +∞, after a +∞ (in the +∞'s own
+        // chunk or later), among finite values, or in an otherwise −∞ chunk.
+        for (nan_at, inf_at, masked) in [
+            (10, Some(9000), false),
+            (9500, Some(5000), false),
+            (4000, Some(4100), false),
+            (7777, None, false),
+            (100, None, true),
+        ] {
+            let mut row: Vec<f32> = (0..len).map(|j| (j % 7) as f32).collect();
+            if masked {
+                row[..4096].fill(NEG_INF);
+            }
+            row[nan_at] = f32::NAN;
+            if let Some(i) = inf_at {
+                row[i] = INF;
+            }
+            let got = softmax(&exec, &row, len, SoftmaxOptions::default());
+            assert!(
+                got.iter().all(|v| v.is_nan()),
+                "{}",
+                ctx(&format!(
+                    "NaN at {nan_at}, +∞ at {inf_at:?}, masked {masked}"
+                ))
+            );
+        }
+        // Causal rows of 10000 whose valid lengths (offset 6000 + i + 1) exceed one chunk.
+        let rows = 3;
+        let data: Vec<f32> = (0..rows * len)
+            .map(|_| rng.random_range(-8.0f32..=8.0))
+            .collect();
+        let o = opts(0.5, Mask::Causal { offset: 6000 });
+        let got = softmax(&exec, &data, len, o);
+        for r in 0..rows {
+            let valid = 6000 + r + 1;
+            let (input, out) = (&data[r * len..][..len], &got[r * len..][..len]);
+            let want = softmax_scaled_f64(&input[..valid], 0.5);
+            check_row(
+                &out[..valid],
+                &input[..valid],
+                &want,
+                &ctx(&format!("causal row {r}")),
+            );
+            assert!(out[valid..].iter().all(|&v| v == 0.0));
+        }
+    }
+}
