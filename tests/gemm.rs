@@ -1022,6 +1022,7 @@ fn prepacked_matches_reference() {
         for (la, lc) in [
             (Layout::ColPadded(2), Layout::RowPadded(5)),
             (Layout::General, Layout::ColMajor),
+            (Layout::RowMajor, Layout::General),
         ] {
             for (alpha, beta) in [(2.5, 1.0), (1.0, 2.5), (0.0, 2.5), (2.5, 0.0)] {
                 let p = Problem::new(&mut rng, (m, n, k), (la, Layout::RowMajor, lc), alpha, beta);
