@@ -190,6 +190,20 @@ fn prologue(
     Ok(Some((m, n, k)))
 }
 
+/// The single row of a 1×k view as a contiguous slice: the view's own memory when the row is
+/// contiguous, else gathered into `buf`.
+fn contiguous_row<'s>(a: &MatRef<'s>, buf: &'s mut workspace::AlignedBuf) -> &'s [f32] {
+    let k = a.cols();
+    if a.col_stride() == 1 {
+        return &a.data()[..k];
+    }
+    let buf = buf.get(k);
+    for (p, v) in buf.iter_mut().enumerate() {
+        *v = a.at(0, p);
+    }
+    buf
+}
+
 /// The raw strided form of a validated view.
 fn strided_of(v: &MatRef<'_>) -> Strided {
     Strided {
@@ -209,16 +223,8 @@ fn gemv_row(
     c: &mut MatMut<'_>,
     ws: &mut GemmWorkspace,
 ) {
-    let (n, k) = (c.cols(), a.cols());
-    let x: &[f32] = if a.col_stride() == 1 {
-        &a.data()[..k]
-    } else {
-        let buf = ws.a.get(k);
-        for (p, v) in buf.iter_mut().enumerate() {
-            *v = a.at(0, p);
-        }
-        buf
-    };
+    let n = c.cols();
+    let x = contiguous_row(&a, &mut ws.a);
     let acc = ws.b.get(n);
     let sb = Strided {
         ptr: b.data().as_ptr(),

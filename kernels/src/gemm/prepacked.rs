@@ -31,7 +31,7 @@ use super::loops::{Out, TaskGrid, column_of_tiles, pack_a_block};
 use super::microkernel::{BPanel, PACKED_AHEAD_L1, PACKED_AHEAD_L2, TileOut};
 use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
-use super::{prologue, strided_of};
+use super::{contiguous_row, prologue, strided_of};
 use crate::arch::{Isa, Simd, with_simd};
 use crate::buffer::LargeBuffer;
 use crate::error::{KernelError, Result};
@@ -217,15 +217,7 @@ pub fn gemm_prepacked(
     let sa = strided_of(&a);
     if m == 1 {
         // One row (decode's x·W): gathered into the workspace when A's row is strided.
-        let x: &[f32] = if a.col_stride() == 1 {
-            &a.data()[..k]
-        } else {
-            let buf = ws.a.get(k);
-            for (p, v) in buf.iter_mut().enumerate() {
-                *v = a.at(0, p);
-            }
-            buf
-        };
+        let x = contiguous_row(&a, &mut ws.a);
         with_simd!(exec.isa(), |s| {
             // SAFETY: C is a validated 1×n view with distinct elements, borrowed mutably for
             // the call; `b` holds k × n packed for this path (NV = 2 on every path).
