@@ -985,8 +985,9 @@ fn workspace_reuse() {
     }
 }
 
-/// `gemm_prepacked` against the f64 reference: tile edges in m (both tile heights, and one row,
-/// whose path reads eight kc blocks at a time: k = 2100 has eight full ones and a partial one),
+/// `gemm_prepacked` against the f64 reference: tile edges in m (both tile heights, and one to
+/// four rows, whose path reads eight or four kc blocks at a time: k = 2100, 1100, 1300, 1025
+/// have full groups, leftover full blocks and a partial one),
 /// n (partial and zero-padded last panels) and k (partial kc blocks), B in every layout (the
 /// packing reads any strides), strided A and C, the α/β semantics with C pre-filled with NaN when β = 0,
 /// every ISA, 1 and 2 threads agreeing bit for bit, guard zones intact.
@@ -1000,6 +1001,9 @@ fn prepacked_matches_reference() {
         (1, 257, 513),
         (1, 45, 2100),
         (2, 33, 17),
+        (2, 70, 1100),
+        (3, 40, 1300),
+        (4, 97, 1025),
         (7, 31, 255),
         (8, 32, 256),
         (12, 64, 257),

@@ -215,13 +215,31 @@ pub fn gemm_prepacked(
         csc: c.col_stride(),
     };
     let sa = strided_of(&a);
-    if m == 1 {
-        // One row (decode's x·W): gathered into the workspace when A's row is strided.
-        let x = contiguous_row(&a, &mut ws.a);
-        with_simd!(exec.isa(), |s| {
-            // SAFETY: C is a validated 1×n view with distinct elements, borrowed mutably for
-            // the call; `b` holds k × n packed for this path (NV = 2 on every path).
-            unsafe { gemv_prepacked::<_, 2>(s, exec, alpha, x, b, beta, out) }
+    if m <= 4 {
+        // Up to four rows (decode's x·W, small batches): rows of A made contiguous (A's own
+        // memory for one contiguous row).
+        let x: &[f32] = if m == 1 {
+            contiguous_row(&a, &mut ws.a)
+        } else {
+            let buf = ws.a.get(m * k);
+            for (e, v) in buf.iter_mut().enumerate() {
+                *v = a.at(e / k, e % k);
+            }
+            buf
+        };
+        macro_rules! rows {
+            ($s:ident, $r:literal, $g:expr) => {
+                // SAFETY: C is a validated m×n view with distinct elements, borrowed mutably
+                // for the call; `x` holds m·k floats; `b` holds k × n packed for this path
+                // (NV = 2 on every path).
+                unsafe { rows_prepacked::<_, 2, $r, $g>($s, exec, alpha, x, b, beta, out) }
+            };
+        }
+        with_simd!(exec.isa(), |s| match m {
+            1 => rows!(s, 1, GEMV_STREAMS),
+            2 => rows!(s, 2, ROWS_STREAMS),
+            3 => rows!(s, 3, ROWS_STREAMS),
+            _ => rows!(s, 4, ROWS_STREAMS),
         });
         return Ok(());
     }
@@ -353,24 +371,29 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// kc blocks of a panel column that [`gemv_prepacked`] reads at once (in-process against
-/// `gemm`'s GEMV at 1×4096×4096 and 1×11008×4096, one thread: 8 streams 0.93–0.97× its time,
-/// 4 streams 0.995–1.01×).
+/// kc blocks of a panel column that [`rows_prepacked`] reads at once for one row (in-process
+/// against `gemm`'s GEMV at 1×4096×4096 and 1×11008×4096, one thread: 8 streams 0.93–0.97× its
+/// time, 4 streams 0.995–1.01×). Two to four rows read 4 (2·4·NV to 4·4·NV accumulators):
+/// against `gemm`'s direct nest at 2, 3 and 4 × 4096×4096 (and 4×11008×4096), 0.90–0.94×,
+/// 0.96–0.98× and 0.98–1.01× the time, where 2 or 3 streams took 1.04–1.25× at four rows and
+/// the 8-row micro-tile 1.02–1.19×.
 const GEMV_STREAMS: usize = 8;
+/// [`GEMV_STREAMS`] for two to four rows.
+const ROWS_STREAMS: usize = 4;
 
-/// `y = α·x·B + β·y` for one row `x` (k floats) over a [`PackedB`]: threads split the NR panels
-/// once; for each panel column the kc blocks are read [`GEMV_STREAMS`] at a time, each its own
-/// sequential run of one panel, into accumulators that hold the whole k in registers, and y
-/// is written once. Several concurrent streams keep more lines in flight than the single
+/// `Y = α·X·B + β·Y` for `R` ≤ 4 rows `X` (`R × k`, contiguous) over a [`PackedB`]: threads
+/// split the NR panels once; for each panel column the kc blocks are read `G` at a time, each
+/// its own sequential run of one panel, into accumulators that hold the whole k in registers,
+/// and Y is written once. Several concurrent streams keep more lines in flight than the single
 /// stream a micro-kernel tile reads (`gemm`'s GEMV gets the same from four rows of B at a
-/// time): a 1×NR micro-tile ran at 0.7–0.9× `gemm`'s GEMV in the harness (paired with the
-/// same-bytes sum), this at 0.9–1.2× (99–128% of the sum on one thread, 94–124% on two).
+/// time): for one row a 1×NR tile ran at 0.7–0.9× `gemm`'s GEMV in the harness (paired with
+/// the same-bytes sum), this at 0.9–1.2× (99–128% of the sum on one thread, 94–124% on two).
 ///
 /// # Safety
-/// `b` is packed for `S`'s path with NV vectors per panel row and `b.k == x.len()`; `out.c`
-/// points at a 1 × `b.n` row of C (column stride `out.csc`), writable and touched by nothing
-/// else during the call.
-unsafe fn gemv_prepacked<S: Simd, const NV: usize>(
+/// `b` is packed for `S`'s path with NV vectors per panel row and `x.len() == R·b.k`; `out.c`
+/// points at R rows of `b.n` elements of C (strides `out.rsc`, `out.csc`), writable and
+/// touched by nothing else during the call.
+unsafe fn rows_prepacked<S: Simd, const NV: usize, const R: usize, const G: usize>(
     s: S,
     exec: &Exec,
     alpha: f32,
@@ -380,41 +403,48 @@ unsafe fn gemv_prepacked<S: Simd, const NV: usize>(
     out: Out,
 ) {
     let (lanes, nr) = (S::LANES, NV * S::LANES);
-    debug_assert!(b.nr == nr && b.k == x.len());
+    debug_assert!(b.nr == nr && R * b.k == x.len());
     let (k, n, kc_full) = (b.k, b.n, b.kc);
     let panels = n.div_ceil(nr);
     let chunks = exec.threads().max(1).min(panels);
-    // The first rows of the kc blocks, full ones grouped by GEMV_STREAMS; the partial last block
-    // (k not a multiple of kc) and the leftovers go one at a time.
-    let full_blocks = k / kc_full;
-    let grouped = full_blocks / GEMV_STREAMS * GEMV_STREAMS;
-    // `acc += Σ_p x[pc_i + p] · panel_i[p]` over the G kc blocks starting at rows `pcs` of panel
-    // column `jp`, `kc` rows each.
+    // The first rows of the kc blocks, full ones grouped by G; the partial last block (k not a
+    // multiple of kc) and the leftovers go one at a time.
+    let grouped = k / kc_full / G * G;
+    // `acc[r] += Σ_p x[r][pc_g + p] · panel_g[p]` over the H kc blocks starting at rows `pcs`
+    // of panel column `jp`, `kc` rows each.
     #[inline(always)]
-    fn blocks<S: Simd, const NV: usize, const G: usize>(
+    #[allow(clippy::too_many_arguments)]
+    fn blocks<S: Simd, const NV: usize, const R: usize, const H: usize>(
         s: S,
         x: &[f32],
+        k: usize,
         b: &PackedB,
         jp: usize,
-        pcs: [usize; G],
+        pcs: [usize; H],
         kc: usize,
-        acc: &mut [S::V; NV],
+        acc: &mut [[S::V; NV]; R],
     ) {
-        let rows: [*const f32; G] = pcs.map(|pc| b.panel(pc, jp));
-        let mut part = [[s.zero(); NV]; G];
+        let panel_rows: [*const f32; H] = pcs.map(|pc| b.panel(pc, jp));
+        let mut part = [[[s.zero(); NV]; R]; H];
         for p in 0..kc {
-            for g in 0..G {
-                let xv = s.splat(x[pcs[g] + p]);
-                for (v, a) in part[g].iter_mut().enumerate() {
-                    // SAFETY: row p < kc of the kc × NR panel holds NR = NV·LANES floats.
-                    let bv = unsafe { s.load(rows[g].add(p * NV * S::LANES + v * S::LANES)) };
-                    *a = s.fmadd(xv, bv, *a);
+            for h in 0..H {
+                // SAFETY: row p < kc of the kc × NR panel holds NR = NV·LANES floats.
+                let bv: [S::V; NV] = std::array::from_fn(|v| unsafe {
+                    s.load(panel_rows[h].add(p * NV * S::LANES + v * S::LANES))
+                });
+                for (r, row) in part[h].iter_mut().enumerate() {
+                    let xv = s.splat(x[r * k + pcs[h] + p]);
+                    for (a, bv) in row.iter_mut().zip(bv) {
+                        *a = s.fmadd(xv, bv, *a);
+                    }
                 }
             }
         }
-        for pg in part {
-            for (a, v) in acc.iter_mut().zip(pg) {
-                *a = s.add(*a, v);
+        for ph in part {
+            for (ar, pr) in acc.iter_mut().zip(ph) {
+                for (a, v) in ar.iter_mut().zip(pr) {
+                    *a = s.add(*a, v);
+                }
             }
         }
     }
@@ -423,29 +453,31 @@ unsafe fn gemv_prepacked<S: Simd, const NV: usize>(
             #[inline(always)]
             || {
                 for jp in chunk * panels / chunks..(chunk + 1) * panels / chunks {
-                    let mut acc = [s.zero(); NV];
-                    for first in (0..grouped).step_by(GEMV_STREAMS) {
+                    let mut acc = [[s.zero(); NV]; R];
+                    for first in (0..grouped).step_by(G) {
                         let pcs = std::array::from_fn(|g| (first + g) * kc_full);
-                        blocks::<S, NV, GEMV_STREAMS>(s, x, b, jp, pcs, kc_full, &mut acc);
+                        blocks::<S, NV, R, G>(s, x, k, b, jp, pcs, kc_full, &mut acc);
                     }
                     for pc in (grouped * kc_full..k).step_by(kc_full) {
                         let kc = kc_full.min(k - pc);
-                        blocks::<S, NV, 1>(s, x, b, jp, [pc], kc, &mut acc);
+                        blocks::<S, NV, R, 1>(s, x, k, b, jp, [pc], kc, &mut acc);
                     }
                     let cols = nr.min(n - jp * nr);
-                    let mut vals = [0.0f32; 64];
-                    debug_assert!(nr <= 64);
-                    for (v, a) in acc.iter().enumerate() {
-                        // SAFETY: `vals` holds 64 ≥ NR floats.
-                        unsafe {
-                            s.store(vals.as_mut_ptr().add(v * lanes), s.mul(s.splat(alpha), *a))
-                        };
-                    }
-                    for (j, val) in vals.iter().enumerate().take(cols) {
-                        let yj = out.c.at((jp * nr + j) * out.csc);
-                        // SAFETY: column jp·NR + j < n of C's single row; this chunk alone owns
-                        // panel jp's columns. β = 0 never reads C.
-                        unsafe { *yj = if beta == 0.0 { *val } else { beta * *yj + *val } };
+                    for (r, ar) in acc.iter().enumerate() {
+                        let mut vals = [0.0f32; 64];
+                        debug_assert!(nr <= 64);
+                        for (v, a) in ar.iter().enumerate() {
+                            // SAFETY: `vals` holds 64 ≥ NR floats.
+                            unsafe {
+                                s.store(vals.as_mut_ptr().add(v * lanes), s.mul(s.splat(alpha), *a))
+                            };
+                        }
+                        for (j, val) in vals.iter().enumerate().take(cols) {
+                            let y = out.c.at(r * out.rsc + (jp * nr + j) * out.csc);
+                            // SAFETY: row r < R and column jp·NR + j < n of C; this chunk alone
+                            // owns panel jp's columns. β = 0 never reads C.
+                            unsafe { *y = if beta == 0.0 { *val } else { beta * *y + *val } };
+                        }
                     }
                 }
             },
