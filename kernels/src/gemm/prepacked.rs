@@ -8,13 +8,14 @@
 //!           (the last panel zero-padded past n), all of one pc block's panels contiguous
 //!
 //! jc: n in steps sized so that each thread's part of the mc × nc block of C stays in its L2
-//!  ic: m in steps of mc      threads take whole ic blocks when there are enough of them
-//!   pc: k in steps of kc     pack A[ic.., pc..] → mc×kc (L2-resident)
-//!    NR panels               all of them, or (fewer ic blocks than threads) a thread's chunk
-//!     jr: NR panels          the packed micro-panel, read straight from the PackedB
-//!      ir: MR panels         micro-kernel
+//!  ic: m in steps of mc      threads take whole ic blocks when there are enough of them,
+//!                            else each takes a chunk of the block's NR panels
+//!   pc: k in steps of kc     pack A[ic.., pc..] → mc×kc (by each thread, L2-resident)
+//!    jr: NR panels           the packed micro-panel, read straight from the PackedB
+//!     ir: MR panels          micro-kernel
 //! ```
-//! This is the streamed nest without its slab packing: measured in that nest, packing B did
+//! Up to four rows take a GEMV over the panels instead (`rows_prepacked`). The nest is the
+//! streamed nest without its slab packing: measured in that nest, packing B did
 //! not overlap the micro-kernel at all (pack-only and compute-only times added up to the full
 //! time), and a prefill-shaped product spent 15–20% of its time there. Each thread reads its
 //! panels in memory order (kc·NR floats each: 32 KiB on AVX-512), prefetching 16 KiB ahead.
@@ -27,7 +28,7 @@
 //! [`gemm`]: super::gemm
 
 use super::blocking::{self, Blocking};
-use super::loops::{Out, TaskGrid, column_of_tiles, pack_a_block};
+use super::loops::{Out, TaskGrid, column_of_tiles};
 use super::microkernel::{BPanel, PACKED_AHEAD_L1, PACKED_AHEAD_L2, TileOut};
 use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
@@ -327,46 +328,48 @@ unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
                 },
             );
         };
+        // Packs A's rows ic..ic+rows, columns pc..pc+kc, into `a_block` on this thread.
+        let pack_rows = |ic: usize, rows: usize, pc: usize, a_block: &mut [f32]| {
+            let kc = blk.kc.min(k - pc);
+            for ip in 0..rows.div_ceil(MR) {
+                // SAFETY: rows ic + ip·MR.. (< m) and columns pc..pc+kc lie inside `a`; the
+                // block holds mc/MR ≥ ceil(rows/MR) panels of MR·kc floats.
+                unsafe {
+                    pack_a_panel::<MR>(
+                        a.offset(ic + ip * MR, pc),
+                        MR.min(rows - ip * MR),
+                        kc,
+                        &mut a_block[ip * MR * kc..],
+                    )
+                };
+            }
+        };
         if by_rows {
             let a_all = ws.a.get(grid.ic_blocks * mc * kc_max);
             exec.for_each_chunk_mut(a_all, mc * kc_max, |ic_index, a_block| {
                 let ic = ic_index * mc;
                 let rows = mc.min(m - ic);
                 for pc in (0..k).step_by(blk.kc) {
-                    let kc = blk.kc.min(k - pc);
-                    for ip in 0..rows.div_ceil(MR) {
-                        // SAFETY: rows ic + ip·MR.. (< m) and columns pc..pc+kc lie inside
-                        // `a`; the block holds mc/MR panels of MR·kc floats.
-                        unsafe {
-                            pack_a_panel::<MR>(
-                                a.offset(ic + ip * MR, pc),
-                                MR.min(rows - ip * MR),
-                                kc,
-                                &mut a_block[ip * MR * kc..],
-                            )
-                        };
-                    }
+                    pack_rows(ic, rows, pc, a_block);
                     run(ic, rows, pc, a_block, panels.clone());
                 }
             });
             continue;
         }
-        let a_buf = ws.a.get(mc * kc_max);
+        // Threads split the block's panels once and each packs A's rows for itself, so a
+        // product joins its threads once per block of C, not twice per kc step.
         let chunks = threads.min(panels.len());
+        let a_all = ws.a.get(chunks * mc * kc_max);
         for ic in (0..m).step_by(mc) {
             let rows = mc.min(m - ic);
-            for pc in (0..k).step_by(blk.kc) {
-                let kc = blk.kc.min(k - pc);
-                // SAFETY: rows ic..ic+rows and columns pc..pc+kc lie inside `a`'s m × k, and
-                // `a_buf` holds mc·kc ≥ ceil(rows/MR)·MR·kc floats.
-                unsafe { pack_a_block::<MR>(exec, a.offset(ic, pc), rows, kc, a_buf) };
-                let a_packed = &a_buf[..];
-                exec.for_each_index(chunks, |chunk| {
-                    let (first, count) = (panels.start, panels.len());
-                    let own = first + chunk * count / chunks..first + (chunk + 1) * count / chunks;
-                    run(ic, rows, pc, a_packed, own);
-                });
-            }
+            exec.for_each_chunk_mut(&mut a_all[..], mc * kc_max, |chunk, a_block| {
+                let (first, count) = (panels.start, panels.len());
+                let own = first + chunk * count / chunks..first + (chunk + 1) * count / chunks;
+                for pc in (0..k).step_by(blk.kc) {
+                    pack_rows(ic, rows, pc, a_block);
+                    run(ic, rows, pc, a_block, own.clone());
+                }
+            });
         }
     }
 }
