@@ -147,11 +147,12 @@ impl AttentionLayer {
 
     /// [`new`](Self::new), with every weight matrix packed once for `exec`'s ISA path (as
     /// `kernels::PackedB`; the row-major copies are dropped), so that no call packs weights
-    /// again: prefill's projections take `kernels::gemm_prepacked` (against `gemm`, one
+    /// again. Prefill's projections take `kernels::gemm_prepacked` (against `gemm`, one
     /// thread: 0.87–0.91× the time at 128×4096×4096 in-process, 0.73–0.85× in the harness
-    /// with the weights streaming from DRAM), decode's one-row ones run as fast as
-    /// `gemm`'s GEMV (0.9–1.2×, paired in the harness). Calls must then run on that path: another is a `DecodeError::Kernel`
-    /// (`PackedForOtherIsa`) before anything is written.
+    /// with the weights streaming from DRAM); decode's one-row projections run as fast as
+    /// `gemm`'s GEMV (0.9–1.2× its share of the same-bytes sum, paired in the harness). Calls
+    /// must then run on that path: another is a `DecodeError::Kernel` (`PackedForOtherIsa`)
+    /// before anything is written.
     pub fn new_packed(exec: &Exec, cfg: LayerConfig, w: LayerWeights) -> Result<Self> {
         let plain = Self::new(cfg, w)?;
         let (dm, h) = (cfg.d_model, &cfg.heads);
