@@ -1,6 +1,7 @@
 //! Matmul throughput in flops: `Throughput::Elements(2·m·n·k)`, so criterion's "elem/s" reads
 //! as flop/s. Each group runs this crate (`gemm` on one thread and on the pool, and
-//! `gemm_prepacked` with B packed ahead of time) and matrixmultiply on the same inputs; the
+//! `gemm_prepacked` on one thread with B packed ahead of time) and matrixmultiply on the same
+//! inputs; the
 //! `peak` group times the FMA probe of the detected ISA in the same run, for % of peak.
 //!
 //! `cargo bench --bench gemm` (all) or `cargo bench --bench gemm -- square/1024`.

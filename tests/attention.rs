@@ -1355,4 +1355,11 @@ fn packed_weights_layer_matches_reference() {
         0,
         "cache written on error"
     );
+    // An empty chunk is legal for a packed layer too.
+    let (cfg, w) = layer_with(311, d_model, heads(4, 2, 16), true, true);
+    let layer = AttentionLayer::new_packed(&packed_on, cfg, w).unwrap();
+    layer
+        .prefill(&packed_on, &mut cache, 0, &[], &mut [], &mut s)
+        .unwrap();
+    assert_eq!(cache.layer_position(0).unwrap(), 0);
 }

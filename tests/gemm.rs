@@ -668,8 +668,9 @@ fn streamed_several_c_blocks() {
 
 /// 3 and 4 threads (the other tests use 1 and 2): uneven chunk splits in the streamed nest,
 /// and the blocked nest with both several ic blocks and several column chunks per block (and
-/// `gemm_prepacked`, whose threads take row blocks or column chunks); the result must still
-/// equal the sequential one bit for bit.
+/// `gemm_prepacked`, whose threads take row blocks — 1000 rows: more blocks than threads,
+/// not a multiple of them — or column chunks); the result must still equal the sequential one
+/// bit for bit.
 #[test]
 fn three_and_four_threads_agree_bitwise() {
     let mut rng = rng(13);
@@ -686,7 +687,12 @@ fn three_and_four_threads_agree_bitwise() {
                     threads,
                 },
             ];
-            for shape in [(300, 200, 300), (64, 1000, 300), (7, 300, 100)] {
+            for shape in [
+                (300, 200, 300),
+                (64, 1000, 300),
+                (7, 300, 100),
+                (1000, 70, 60),
+            ] {
                 let p = Problem::new(&mut rng, shape, ROW3, 1.0, 0.0);
                 check(&cases, &p, &mut ws);
                 check_via(&cases, &p, &mut ws, Via::Prepacked);

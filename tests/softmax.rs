@@ -891,14 +891,14 @@ fn long_rows_and_their_special_cases() {
         }
         let len = 10000;
         let ctx = |what: &str| format!("[{}] len={len} {what}", exec.isa());
-        // The first chunk and a middle stretch all −∞: zeros there, the softmax elsewhere.
+        // The first 4096 entries and a middle stretch all −∞: zeros there, the softmax elsewhere.
         let mut row: Vec<f32> = (0..len).map(|j| ((j * 37) % 101) as f32 * 0.1).collect();
         row[..4096].fill(NEG_INF);
         row[5000..9000].fill(NEG_INF);
         let got = softmax(&exec, &row, len, SoftmaxOptions::default());
-        check_row(&got, &row, &softmax_f64(&row), &ctx("masked chunks"));
-        check_sum(&got, &ctx("masked chunks"));
-        // One finite entry in the third chunk: exactly 1 there, 0 elsewhere; all −∞: zeros.
+        check_row(&got, &row, &softmax_f64(&row), &ctx("masked stretches"));
+        check_sum(&got, &ctx("masked stretches"));
+        // One finite entry far into the row: exactly 1 there, 0 elsewhere; all −∞: zeros.
         for x in [0.0, 5682.0, -1e30, 1e30] {
             let mut row = vec![NEG_INF; len];
             row[9000] = x;
@@ -909,7 +909,7 @@ fn long_rows_and_their_special_cases() {
         }
         let got = softmax(&exec, &vec![NEG_INF; len], len, SoftmaxOptions::default());
         assert!(got.iter().all(|&v| v == 0.0), "{}", ctx("all −∞"));
-        // +∞ twice in the last chunk, after finite chunks: they share the mass.
+        // +∞ twice late in the row, after thousands of finite entries: they share the mass.
         let mut row: Vec<f32> = (0..len).map(|j| (j % 13) as f32).collect();
         row[8500] = INF;
         row[9999] = INF;
@@ -917,9 +917,9 @@ fn long_rows_and_their_special_cases() {
         let mut want = vec![0.0; len];
         want[8500] = 0.5;
         want[9999] = 0.5;
-        assert_eq!(got, want, "{}", ctx("+∞ in a later chunk"));
-        // A NaN anywhere makes the whole row NaN: before a +∞, after a +∞ (in the +∞'s own
-        // chunk or later), among finite values, or in an otherwise −∞ chunk.
+        assert_eq!(got, want, "{}", ctx("late +∞"));
+        // A NaN anywhere makes the whole row NaN: before a +∞, after a +∞ (close to it or far
+        // from it), among finite values, or in an otherwise −∞ stretch.
         for (nan_at, inf_at, masked) in [
             (10, Some(9000), false),
             (9500, Some(5000), false),
@@ -944,7 +944,7 @@ fn long_rows_and_their_special_cases() {
                 ))
             );
         }
-        // Causal rows of 10000 whose valid lengths (offset 6000 + i + 1) exceed one chunk.
+        // Causal rows of 10000 whose valid lengths (offset 6000 + i + 1) exceed L1.
         let rows = 3;
         let data: Vec<f32> = (0..rows * len)
             .map(|_| rng.random_range(-8.0f32..=8.0))

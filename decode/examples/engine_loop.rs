@@ -103,7 +103,9 @@ fn main() -> Res {
     })?;
     // Buffers sized once: the scratch for this many threads, the token rows, the outputs.
     let mut scratch = LayerScratch::new(&cfg, threads)?;
-    let mut prompt = values(PROMPT * D_MODEL, 99, 1.0);
+    let prompt = values(PROMPT * D_MODEL, 99, 1.0);
+    // The residual stream of the prompt (the layers add into it), and the layers' outputs.
+    let mut rows = prompt.clone();
     let mut prompt_out = vec![0.0; PROMPT * D_MODEL];
     let mut x = vec![0.0; D_MODEL];
     let mut out = vec![0.0; D_MODEL];
@@ -125,7 +127,7 @@ fn main() -> Res {
             &exec,
             &layers,
             &mut cache,
-            &mut prompt,
+            &mut rows,
             &mut prompt_out,
             &mut scratch,
         )?;
@@ -136,7 +138,7 @@ fn main() -> Res {
             PROMPT as f64 / prefill
         );
         // Each next input: the last output row (a real engine would run the MLP and sample).
-        x.copy_from_slice(&prompt[(PROMPT - 1) * D_MODEL..]);
+        x.copy_from_slice(&rows[(PROMPT - 1) * D_MODEL..]);
         let t = Instant::now();
         for _ in 0..tokens {
             forward(&exec, &layers, &mut cache, &mut x, &mut out, &mut scratch)?;
@@ -159,16 +161,18 @@ fn main() -> Res {
         );
         // Speculative decoding: four draft tokens, two accepted. Rolling back works while the
         // ring has not evicted what it goes back to, so drafts are decoded into a cache that
-        // still has room for them (reset and refilled here for the demonstration).
+        // still has room for them (reset and refilled with the prompt here).
         cache.reset();
+        rows.copy_from_slice(&prompt);
         forward(
             &exec,
             &layers,
             &mut cache,
-            &mut prompt,
+            &mut rows,
             &mut prompt_out,
             &mut scratch,
         )?;
+        x.copy_from_slice(&rows[(PROMPT - 1) * D_MODEL..]);
         let accepted = cache.next_position() + 2;
         for _ in 0..4 {
             forward(&exec, &layers, &mut cache, &mut x, &mut out, &mut scratch)?;

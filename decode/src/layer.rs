@@ -91,7 +91,11 @@ fn project(
     out: &mut [f32],
     ws: &mut GemmWorkspace,
 ) -> Result<()> {
-    let k = x.len() / rows.max(1);
+    if rows == 0 {
+        // An empty chunk: nothing to project (and no k to read off an empty x).
+        return Ok(());
+    }
+    let k = x.len() / rows;
     let x = MatRef::row_major(x, rows, k)?;
     let mut out = MatMut::row_major(out, rows, n)?;
     match w {
@@ -104,6 +108,18 @@ fn project(
 impl AttentionLayer {
     /// Checks every weight's length against the configuration.
     pub fn new(cfg: LayerConfig, w: LayerWeights) -> Result<Self> {
+        Self::check(&cfg, &w)?;
+        Ok(Self {
+            cfg,
+            w_q: Weight::Plain(w.w_q),
+            w_k: Weight::Plain(w.w_k),
+            w_v: Weight::Plain(w.w_v),
+            w_o: w.w_o.map(Weight::Plain),
+        })
+    }
+
+    /// The configuration, and every weight's length against it.
+    fn check(cfg: &LayerConfig, w: &LayerWeights) -> Result<()> {
         cfg.heads.validate()?;
         if cfg.d_model == 0 {
             return Err(DecodeError::InvalidConfig(
@@ -136,13 +152,7 @@ impl AttentionLayer {
                 o.len(),
             )?;
         }
-        Ok(Self {
-            cfg,
-            w_q: Weight::Plain(w.w_q),
-            w_k: Weight::Plain(w.w_k),
-            w_v: Weight::Plain(w.w_v),
-            w_o: w.w_o.map(Weight::Plain),
-        })
+        Ok(())
     }
 
     /// [`new`](Self::new), with every weight matrix packed once for `exec`'s ISA path (as
@@ -154,24 +164,21 @@ impl AttentionLayer {
     /// must then run on that path: another is a `DecodeError::Kernel` (`PackedForOtherIsa`)
     /// before anything is written.
     pub fn new_packed(exec: &Exec, cfg: LayerConfig, w: LayerWeights) -> Result<Self> {
-        let plain = Self::new(cfg, w)?;
+        Self::check(&cfg, &w)?;
         let (dm, h) = (cfg.d_model, &cfg.heads);
         let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
-        let pack = |w: Weight, k: usize, n: usize| -> Result<Weight> {
-            match w {
-                Weight::Plain(v) => Ok(Weight::Packed(PackedB::new(
-                    exec,
-                    MatRef::row_major(&v, k, n)?,
-                )?)),
-                packed => Ok(packed),
-            }
+        let pack = |v: &[f32], k: usize, n: usize| -> Result<Weight> {
+            Ok(Weight::Packed(PackedB::new(
+                exec,
+                MatRef::row_major(v, k, n)?,
+            )?))
         };
         Ok(Self {
             cfg,
-            w_q: pack(plain.w_q, dm, qw)?,
-            w_k: pack(plain.w_k, dm, kw)?,
-            w_v: pack(plain.w_v, dm, kw)?,
-            w_o: plain.w_o.map(|o| pack(o, qw, dm)).transpose()?,
+            w_q: pack(&w.w_q, dm, qw)?,
+            w_k: pack(&w.w_k, dm, kw)?,
+            w_v: pack(&w.w_v, dm, kw)?,
+            w_o: w.w_o.as_deref().map(|o| pack(o, qw, dm)).transpose()?,
         })
     }
 

@@ -190,16 +190,16 @@ fn prologue(
     Ok(Some((m, n, k)))
 }
 
-/// The single row of a 1×k view as a contiguous slice: the view's own memory when the row is
-/// contiguous, else gathered into `buf`.
-fn contiguous_row<'s>(a: &MatRef<'s>, buf: &'s mut workspace::AlignedBuf) -> &'s [f32] {
-    let k = a.cols();
-    if a.col_stride() == 1 {
-        return &a.data()[..k];
+/// The rows of an m×k view as one contiguous row-major slice: the view's own memory when it
+/// already is (rows contiguous and, beyond one row, k apart), else gathered into `buf`.
+fn contiguous_rows<'s>(a: &MatRef<'s>, buf: &'s mut workspace::AlignedBuf) -> &'s [f32] {
+    let (m, k) = (a.rows(), a.cols());
+    if a.col_stride() == 1 && (m == 1 || a.row_stride() == k) {
+        return &a.data()[..m * k];
     }
-    let buf = buf.get(k);
-    for (p, v) in buf.iter_mut().enumerate() {
-        *v = a.at(0, p);
+    let buf = buf.get(m * k);
+    for (e, v) in buf.iter_mut().enumerate() {
+        *v = a.at(e / k, e % k);
     }
     buf
 }
@@ -224,7 +224,7 @@ fn gemv_row(
     ws: &mut GemmWorkspace,
 ) {
     let n = c.cols();
-    let x = contiguous_row(&a, &mut ws.a);
+    let x = contiguous_rows(&a, &mut ws.a);
     let acc = ws.b.get(n);
     let sb = Strided {
         ptr: b.data().as_ptr(),

@@ -22,7 +22,8 @@
 //!
 //! The layout depends on the ISA path (its NR and kc), so a `PackedB` remembers the path it was
 //! packed for and [`gemm_prepacked`] refuses an `Exec` on another path. Results are
-//! bit-identical for every thread count (the k loop is never split), though not to [`gemm`]'s
+//! bit-identical for every thread count (how k is split into blocks and partial sums never
+//! depends on it), though not to [`gemm`]'s
 //! (other paths sum in another order).
 //!
 //! [`gemm`]: super::gemm
@@ -32,7 +33,7 @@ use super::loops::{Out, TaskGrid, column_of_tiles};
 use super::microkernel::{BPanel, PACKED_AHEAD_L1, PACKED_AHEAD_L2, TileOut};
 use super::pack::{Strided, pack_a_panel, pack_b_panels};
 use super::workspace::GemmWorkspace;
-use super::{contiguous_row, prologue, strided_of};
+use super::{contiguous_rows, prologue, strided_of};
 use crate::arch::{Isa, Simd, with_simd};
 use crate::buffer::LargeBuffer;
 use crate::error::{KernelError, Result};
@@ -150,12 +151,14 @@ impl PackedB {
 }
 
 impl Clone for PackedB {
+    /// A copy whose panels start on its own first 64-byte boundary. Aborts if memory is
+    /// exhausted, as cloning a `Vec` does.
     fn clone(&self) -> Self {
-        // The copy's panels start on its own first 64-byte boundary.
-        let mut data = self.data.clone();
-        let start = data.as_ptr().align_offset(64).min(15);
         let used = self.data.len() - 16;
-        data.copy_within(self.start..self.start + used, start);
+        let mut data =
+            LargeBuffer::<f32>::zeroed(self.data.len()).expect("a buffer of this length exists");
+        let start = data.as_ptr().align_offset(64).min(15);
+        data[start..start + used].copy_from_slice(&self.data[self.start..self.start + used]);
         Self {
             data,
             start,
@@ -217,17 +220,9 @@ pub fn gemm_prepacked(
     };
     let sa = strided_of(&a);
     if m <= 4 {
-        // Up to four rows (decode's x·W, small batches): rows of A made contiguous (A's own
-        // memory for one contiguous row).
-        let x: &[f32] = if m == 1 {
-            contiguous_row(&a, &mut ws.a)
-        } else {
-            let buf = ws.a.get(m * k);
-            for (e, v) in buf.iter_mut().enumerate() {
-                *v = a.at(e / k, e % k);
-            }
-            buf
-        };
+        // Up to four rows (decode's x·W, small batches), contiguous (A's own memory when it
+        // already is).
+        let x = contiguous_rows(&a, &mut ws.a);
         macro_rules! rows {
             ($s:ident, $r:literal, $g:expr) => {
                 // SAFETY: C is a validated m×n view with distinct elements, borrowed mutably
@@ -386,8 +381,10 @@ const ROWS_STREAMS: usize = 4;
 
 /// `Y = α·X·B + β·Y` for `R` ≤ 4 rows `X` (`R × k`, contiguous) over a [`PackedB`]: threads
 /// split the NR panels once; for each panel column the kc blocks are read `G` at a time, each
-/// its own sequential run of one panel, into accumulators that hold the whole k in registers,
-/// and Y is written once. Several concurrent streams keep more lines in flight than the single
+/// its own sequential run of one panel, into per-stream partial sums that are added up per
+/// group (the whole k accumulates without touching Y), and Y is written once. (R·G·NV
+/// partial sums fill the 32 AVX-512 registers at four rows; on AVX2's 16 some spill, which
+/// was not measured separately: the stream counts were tuned on AVX-512.) Several concurrent streams keep more lines in flight than the single
 /// stream a micro-kernel tile reads (`gemm`'s GEMV gets the same from four rows of B at a
 /// time): for one row a 1×NR tile ran at 0.7–0.9× `gemm`'s GEMV in the harness (paired with
 /// the same-bytes sum), this at 0.9–1.2× (99–128% of the sum on one thread, 94–124% on two).
@@ -413,11 +410,15 @@ unsafe fn rows_prepacked<S: Simd, const NV: usize, const R: usize, const G: usiz
     // The first rows of the kc blocks, full ones grouped by G; the partial last block (k not a
     // multiple of kc) and the leftovers go one at a time.
     let grouped = k / kc_full / G * G;
-    // `acc[r] += Σ_p x[r][pc_g + p] · panel_g[p]` over the H kc blocks starting at rows `pcs`
-    // of panel column `jp`, `kc` rows each.
+    /// `acc[r] += Σ_p x[r][pc_h + p] · panel_h[p]` over the H kc blocks starting at rows
+    /// `pcs` of panel column `jp`, `kc` rows each.
+    ///
+    /// # Safety
+    /// `b`'s panels are NV·LANES wide; each `pcs[h] + kc` lies within `b.k` and within one kc
+    /// block; `x` holds `R·k` floats.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn blocks<S: Simd, const NV: usize, const R: usize, const H: usize>(
+    unsafe fn blocks<S: Simd, const NV: usize, const R: usize, const H: usize>(
         s: S,
         x: &[f32],
         k: usize,
@@ -431,7 +432,8 @@ unsafe fn rows_prepacked<S: Simd, const NV: usize, const R: usize, const G: usiz
         let mut part = [[[s.zero(); NV]; R]; H];
         for p in 0..kc {
             for h in 0..H {
-                // SAFETY: row p < kc of the kc × NR panel holds NR = NV·LANES floats.
+                // SAFETY: row p < kc of the kc × NR panel holds NR = NV·LANES floats (the
+                // caller's contract).
                 let bv: [S::V; NV] = std::array::from_fn(|v| unsafe {
                     s.load(panel_rows[h].add(p * NV * S::LANES + v * S::LANES))
                 });
@@ -459,11 +461,13 @@ unsafe fn rows_prepacked<S: Simd, const NV: usize, const R: usize, const G: usiz
                     let mut acc = [[s.zero(); NV]; R];
                     for first in (0..grouped).step_by(G) {
                         let pcs = std::array::from_fn(|g| (first + g) * kc_full);
-                        blocks::<S, NV, R, G>(s, x, k, b, jp, pcs, kc_full, &mut acc);
+                        // SAFETY: G full kc blocks of panel column jp; x holds R·k floats.
+                        unsafe { blocks::<S, NV, R, G>(s, x, k, b, jp, pcs, kc_full, &mut acc) };
                     }
                     for pc in (grouped * kc_full..k).step_by(kc_full) {
                         let kc = kc_full.min(k - pc);
-                        blocks::<S, NV, R, 1>(s, x, k, b, jp, [pc], kc, &mut acc);
+                        // SAFETY: one (possibly partial) kc block of panel column jp.
+                        unsafe { blocks::<S, NV, R, 1>(s, x, k, b, jp, [pc], kc, &mut acc) };
                     }
                     let cols = nr.min(n - jp * nr);
                     for (r, ar) in acc.iter().enumerate() {
@@ -525,6 +529,30 @@ unsafe fn column_of_prepacked_tiles<S: Simd, const MR: usize, const NV: usize>(
             column_of_tiles::<S, MR, NV, PACKED_AHEAD_L1>(s, kc, a_packed, b, block)
         } else {
             column_of_tiles::<S, MR, NV, PACKED_AHEAD_L2>(s, kc, a_packed, b, block)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clone's panels start on a 64-byte boundary and hold the same values, whatever the
+    /// alignment of the copy's buffer.
+    #[test]
+    fn clones_realign_their_panels() {
+        let exec = Exec::sequential();
+        for (k, n) in [(1, 1), (3, 5), (7, 40), (300, 33), (1000, 600)] {
+            let b: Vec<f32> = (0..k * n).map(|i| i as f32).collect();
+            let packed = PackedB::new(&exec, MatRef::row_major(&b, k, n).unwrap()).unwrap();
+            let used = packed.data.len() - 16;
+            for p in [packed.clone(), packed.clone().clone()] {
+                assert_eq!(p.data[p.start..].as_ptr() as usize % 64, 0, "{k}×{n}");
+                assert_eq!(
+                    &p.data[p.start..p.start + used],
+                    &packed.data[packed.start..packed.start + used]
+                );
+            }
         }
     }
 }
