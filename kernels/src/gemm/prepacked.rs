@@ -383,8 +383,9 @@ const ROWS_STREAMS: usize = 4;
 /// split the NR panels once; for each panel column the kc blocks are read `G` at a time, each
 /// its own sequential run of one panel, into per-stream partial sums that are added up per
 /// group (the whole k accumulates without touching Y), and Y is written once. (R·G·NV
-/// partial sums fill the 32 AVX-512 registers at four rows; on AVX2's 16 some spill, which
-/// was not measured separately: the stream counts were tuned on AVX-512.) Several concurrent streams keep more lines in flight than the single
+/// partial sums fill the 32 AVX-512 registers at four rows; on AVX2's 16 some spill. With
+/// AVX2 forced, against `gemm` on the same path: 0.92× the time at one row, 0.82× at two,
+/// 1.10–1.15× at four, where 1 or 2 streams were slower still.) Several concurrent streams keep more lines in flight than the single
 /// stream a micro-kernel tile reads (`gemm`'s GEMV gets the same from four rows of B at a
 /// time): for one row a 1×NR tile ran at 0.7–0.9× `gemm`'s GEMV in the harness (paired with
 /// the same-bytes sum), this at 0.9–1.2× (99–128% of the sum on one thread, 94–124% on two).
