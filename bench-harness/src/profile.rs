@@ -89,46 +89,45 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
             let mut c = vec![0.0f32; m * n];
             let mut ws = GemmWorkspace::new();
             let (rsb, csb) = b_strides(&s);
-            let desc = format!("matmul {} {m}x{n}x{k} (B copies: {copies})", s.label);
-            if p.suite.trim().eq_ignore_ascii_case("prepacked") {
-                let packed = bs
-                    .iter()
+            // `profile prepacked`: B packed before the loop, `gemm_prepacked` in it.
+            let packed = if p.suite.trim().eq_ignore_ascii_case("prepacked") {
+                bs.iter()
                     .map(|b| PackedB::new(&exec, MatRef::new(b, k, n, rsb, csb)?))
-                    .collect::<std::result::Result<Vec<_>, _>>()?;
-                (
-                    format!("{desc}, gemm_prepacked"),
-                    Box::new(move || {
-                        turn += 1;
+                    .collect::<std::result::Result<Vec<_>, _>>()?
+            } else {
+                Vec::new()
+            };
+            (
+                format!(
+                    "matmul {} {m}x{n}x{k} (B copies: {copies}){}",
+                    s.label,
+                    if packed.is_empty() {
+                        ""
+                    } else {
+                        ", gemm_prepacked"
+                    }
+                ),
+                Box::new(move || {
+                    turn += 1;
+                    let a = MatRef::row_major(&a, m, k)?;
+                    let mut c = MatMut::row_major(&mut c, m, n)?;
+                    if packed.is_empty() {
+                        let b = MatRef::new(&bs[turn % copies], k, n, rsb, csb)?;
+                        gemm(&exec, 1.0, a, b, 0.0, &mut c, &mut ws)?;
+                    } else {
                         gemm_prepacked(
                             &exec,
                             1.0,
-                            MatRef::row_major(&a, m, k)?,
+                            a,
                             &packed[turn % copies],
                             0.0,
-                            &mut MatMut::row_major(&mut c, m, n)?,
+                            &mut c,
                             &mut ws,
                         )?;
-                        Ok(())
-                    }),
-                )
-            } else {
-                (
-                    desc,
-                    Box::new(move || {
-                        turn += 1;
-                        gemm(
-                            &exec,
-                            1.0,
-                            MatRef::row_major(&a, m, k)?,
-                            MatRef::new(&bs[turn % copies], k, n, rsb, csb)?,
-                            0.0,
-                            &mut MatMut::row_major(&mut c, m, n)?,
-                            &mut ws,
-                        )?;
-                        Ok(())
-                    }),
-                )
-            }
+                    }
+                    Ok(())
+                }),
+            )
         }
         Suite::Softmax => {
             let len = cfg.row_lens[0];

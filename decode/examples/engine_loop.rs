@@ -61,6 +61,25 @@ fn forward(
     Ok(())
 }
 
+/// Refills the residual stream `rows` with the prompt, prefills it through every layer, and
+/// leaves its last row in `x` (the next token's input).
+#[allow(clippy::too_many_arguments)]
+fn prefill_prompt(
+    exec: &Exec,
+    layers: &[AttentionLayer],
+    cache: &mut KvCache,
+    prompt: &[f32],
+    rows: &mut [f32],
+    out: &mut [f32],
+    x: &mut [f32],
+    scratch: &mut LayerScratch,
+) -> Res {
+    rows.copy_from_slice(prompt);
+    forward(exec, layers, cache, rows, out, scratch)?;
+    x.copy_from_slice(&rows[rows.len() - D_MODEL..]);
+    Ok(())
+}
+
 fn main() -> Res {
     let mut args = std::env::args().skip(1);
     let threads: usize = args.next().map_or(Ok(2), |a| a.parse())?;
@@ -105,7 +124,7 @@ fn main() -> Res {
     let mut scratch = LayerScratch::new(&cfg, threads)?;
     let prompt = values(PROMPT * D_MODEL, 99, 1.0);
     // The residual stream of the prompt (the layers add into it), and the layers' outputs.
-    let mut rows = prompt.clone();
+    let mut rows = vec![0.0; PROMPT * D_MODEL];
     let mut prompt_out = vec![0.0; PROMPT * D_MODEL];
     let mut x = vec![0.0; D_MODEL];
     let mut out = vec![0.0; D_MODEL];
@@ -123,12 +142,14 @@ fn main() -> Res {
 
     pool.install(|| -> Res {
         let t = Instant::now();
-        forward(
+        prefill_prompt(
             &exec,
             &layers,
             &mut cache,
+            &prompt,
             &mut rows,
             &mut prompt_out,
+            &mut x,
             &mut scratch,
         )?;
         let prefill = t.elapsed().as_secs_f64();
@@ -138,7 +159,6 @@ fn main() -> Res {
             PROMPT as f64 / prefill
         );
         // Each next input: the last output row (a real engine would run the MLP and sample).
-        x.copy_from_slice(&rows[(PROMPT - 1) * D_MODEL..]);
         let t = Instant::now();
         for _ in 0..tokens {
             forward(&exec, &layers, &mut cache, &mut x, &mut out, &mut scratch)?;
@@ -163,16 +183,16 @@ fn main() -> Res {
         // ring has not evicted what it goes back to, so drafts are decoded into a cache that
         // still has room for them (reset and refilled with the prompt here).
         cache.reset();
-        rows.copy_from_slice(&prompt);
-        forward(
+        prefill_prompt(
             &exec,
             &layers,
             &mut cache,
+            &prompt,
             &mut rows,
             &mut prompt_out,
+            &mut x,
             &mut scratch,
         )?;
-        x.copy_from_slice(&rows[(PROMPT - 1) * D_MODEL..]);
         let accepted = cache.next_position() + 2;
         for _ in 0..4 {
             forward(&exec, &layers, &mut cache, &mut x, &mut out, &mut scratch)?;

@@ -1,6 +1,5 @@
 //! The loop nest for products of one MR panel of rows (batched decode, short prefill chunks:
-//! up to 16 rows on AVX-512, up to 6 on AVX2; 2–4 rows only when C is not row-contiguous, as
-//! the skinny path takes them otherwise, and 1 row is GEMV) against row-contiguous B: the
+//! 2 to 16 rows on AVX-512, 2 to 6 on AVX2; one row is GEMV) against row-contiguous B: the
 //! micro-kernel reads B where it lies, and B is never packed.
 //!
 //! ```text
@@ -47,10 +46,10 @@ const PREFETCH_TILES: usize = 2;
 /// Bytes of C rows a thread keeps in L2 across the k loop.
 const C_BLOCK_BYTES: usize = 1024 * 1024;
 
-/// The tile (MR, NV) this nest uses for an `m`-row product on `isa`, if it serves it (the
-/// skinny row-streaming path takes 2–4 rows first when C is row-contiguous), B's rows
-/// contiguous: AVX-512 8×32 up to 8 rows and 16×16 (one vector per row) from 9 to 16; AVX2
-/// 6×16 up to 6 rows.
+/// The tile (MR, NV) this nest uses for an `m`-row product on `isa`, if it serves it (B's
+/// rows contiguous): AVX-512 8×32 up to 8 rows and 16×16 (one vector per row) from 9 to 16;
+/// AVX2 6×16 up to 6 rows. (The portable path has no tile here: its few-row products take
+/// the skinny row-streaming path.)
 pub(crate) fn tile_for(isa: crate::Isa, m: usize, b: &Strided) -> Option<(usize, usize)> {
     if b.cs != 1 {
         return None;

@@ -78,8 +78,9 @@ pub(crate) const IN_PLACE: BRead = 3;
 ///
 /// # Safety
 /// `a` holds `MR·kc` readable floats (a packed panel), and `b.ptr + p·rs` holds `NV·LANES`
-/// readable floats for every `p < kc`, where `rs` is `b.rs` for [`IN_PLACE`] and NR otherwise; `out.c` is valid for reads and writes at every `(i, j)` with
-/// `i < rows`, `j < cols`, and no other thread accesses those elements during the call.
+/// readable floats for every `p < kc`, where `rs` is `b.rs` for [`IN_PLACE`] and NR
+/// otherwise; `out.c` is valid for reads and writes at every `(i, j)` with `i < rows`,
+/// `j < cols`, and no other thread accesses those elements during the call.
 #[inline(always)]
 pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, const B_READ: BRead>(
     s: S,

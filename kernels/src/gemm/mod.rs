@@ -18,6 +18,21 @@
 //! k = 0, A and B are never read and C becomes β·C; empty dimensions are legal and write
 //! nothing. Results are bit-identical for every thread count.
 
+/// Evaluates `$run!(s, MR, NV)` with `s` bound to the token of `$isa` and `MR`, `NV` the literal
+/// constants of the micro-tile `$tile` (an `(mr, nv)` pair from a blocking table): every tile
+/// the tables offer is instantiated here, for each nest that takes them.
+macro_rules! with_tile {
+    ($isa:expr, $tile:expr, $run:ident) => {
+        with_simd!($isa, |s| match $tile {
+            (12, 2) => $run!(s, 12, 2),
+            (8, 2) => $run!(s, 8, 2),
+            (6, 2) => $run!(s, 6, 2),
+            (4, 2) => $run!(s, 4, 2),
+            other => unreachable!("no micro-kernel instantiated for {other:?}"),
+        })
+    };
+}
+
 mod blocking;
 mod direct;
 mod gemv;
@@ -155,13 +170,7 @@ pub fn gemm(
             }
         };
     }
-    with_simd!(exec.isa(), |s| match (blk.mr, blk.nv) {
-        (12, 2) => run!(s, 12, 2),
-        (8, 2) => run!(s, 8, 2),
-        (6, 2) => run!(s, 6, 2),
-        (4, 2) => run!(s, 4, 2),
-        other => unreachable!("no micro-kernel instantiated for {other:?}"),
-    });
+    with_tile!(exec.isa(), (blk.mr, blk.nv), run);
     Ok(())
 }
 

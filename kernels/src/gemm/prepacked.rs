@@ -218,7 +218,6 @@ pub fn gemm_prepacked(
         rsc: c.row_stride(),
         csc: c.col_stride(),
     };
-    let sa = strided_of(&a);
     if m <= 4 {
         // Up to four rows (decode's x·W, small batches), contiguous (A's own memory when it
         // already is).
@@ -244,6 +243,7 @@ pub fn gemm_prepacked(
     // against the 12-row tile: 8 rows 0.96–0.98× the time at m = 128 and 256 (where 12 wastes
     // 3%), 12 rows faster at m = 96 and 192 (both exact).
     let blk = blocking::choose_with(exec.isa(), m, 0.02);
+    let sa = strided_of(&a);
     macro_rules! run {
         ($s:ident, $mr:literal, $nv:literal) => {
             // SAFETY: A is a validated m×k view, C a validated m×n view with distinct
@@ -252,13 +252,7 @@ pub fn gemm_prepacked(
             unsafe { nest::<_, $mr, $nv>($s, exec, &blk, (m, n, k), alpha, sa, b, beta, out, ws) }
         };
     }
-    with_simd!(exec.isa(), |s| match (blk.mr, blk.nv) {
-        (12, 2) => run!(s, 12, 2),
-        (8, 2) => run!(s, 8, 2),
-        (6, 2) => run!(s, 6, 2),
-        (4, 2) => run!(s, 4, 2),
-        other => unreachable!("no micro-kernel instantiated for {other:?}"),
-    });
+    with_tile!(exec.isa(), (blk.mr, blk.nv), run);
     Ok(())
 }
 
@@ -385,10 +379,11 @@ const ROWS_STREAMS: usize = 4;
 /// group (the whole k accumulates without touching Y), and Y is written once. (R·G·NV
 /// partial sums fill the 32 AVX-512 registers at four rows; on AVX2's 16 some spill. With
 /// AVX2 forced, against `gemm` on the same path: 0.92× the time at one row, 0.82× at two,
-/// 1.10–1.15× at four, where 1 or 2 streams were slower still.) Several concurrent streams keep more lines in flight than the single
-/// stream a micro-kernel tile reads (`gemm`'s GEMV gets the same from four rows of B at a
-/// time): for one row a 1×NR tile ran at 0.7–0.9× `gemm`'s GEMV in the harness (paired with
-/// the same-bytes sum), this at 0.9–1.2× (99–128% of the sum on one thread, 94–124% on two).
+/// 1.10–1.15× at four, where 1 or 2 streams were slower still.) Several concurrent streams
+/// keep more lines in flight than the single stream a micro-kernel tile reads (`gemm`'s GEMV
+/// gets the same from four rows of B at a time): for one row a 1×NR tile ran at 0.7–0.9×
+/// `gemm`'s GEMV in the harness (paired with the same-bytes sum), this at 0.9–1.2× (99–128% of
+/// the sum on one thread, 94–124% on two).
 ///
 /// # Safety
 /// `b` is packed for `S`'s path with NV vectors per panel row and `x.len() == R·b.k`; `out.c`
