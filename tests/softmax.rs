@@ -443,7 +443,7 @@ fn scale_near_f32_max() {
 fn threads_agree_bitwise() {
     let mut rng = rng(26);
     let cases = exec_cases();
-    for (row_len, rows) in [(4096, 8), (100, 400), (7, 5000), (129, 300)] {
+    for (row_len, rows) in [(4096, 8), (100, 400), (7, 5000), (129, 300), (20000, 3)] {
         let data: Vec<f32> = (0..row_len * rows)
             .map(|_| rng.random_range(-8.0..=8.0))
             .collect();
@@ -961,6 +961,76 @@ fn long_rows_and_their_special_cases() {
                 &want,
                 &ctx(&format!("causal row {r}")),
             );
+            assert!(out[valid..].iter().all(|&v| v == 0.0));
+        }
+    }
+}
+
+/// Rows long enough to be done chunk by chunk (8192 floats and more, chunks of 2048 or
+/// more): lengths at the threshold and past a chunk boundary, a max that grows in every chunk,
+/// a max that leaves the fused-exponent range only in a late chunk, rows of more than 64
+/// chunks, +∞ in the first chunk, and causal rows whose valid length crosses the threshold
+/// from one row to the next. Against the f64 reference, in place and out of place.
+#[test]
+fn long_rows_chunk_boundaries() {
+    let mut rng = rng(28);
+    for exec in isa_execs() {
+        let ctx = |what: &str| format!("[{}] {what}", exec.isa());
+        for len in [8191, 8192, 8193, 8192 + 2048 * 3 + 5, 140_003] {
+            let data: Vec<f32> = (0..len)
+                .map(|_| rng.random_range(-20.0f32..=20.0))
+                .collect();
+            let got = softmax(&exec, &data, len, SoftmaxOptions::default());
+            check_row(
+                &got,
+                &data,
+                &softmax_f64(&data),
+                &ctx(&format!("len={len}")),
+            );
+            check_sum(&got, &ctx(&format!("len={len}")));
+        }
+        // A ramp: every chunk raises the max, so every chunk but the last is rescaled.
+        let len = 20000;
+        let ramp: Vec<f32> = (0..len).map(|j| j as f32 * 1e-3).collect();
+        let got = softmax(&exec, &ramp, len, SoftmaxOptions::default());
+        check_row(&got, &ramp, &softmax_f64(&ramp), &ctx("ramp"));
+        check_sum(&got, &ctx("ramp"));
+        // max·log₂e is below the fused-exponent limit (2¹³) in the first chunks and above it
+        // from the fifth on: chunks exponentiated in both forms are brought to one shift.
+        let shifted: Vec<f32> = (0..len)
+            .map(|j| {
+                let base = if j < 4 * 2048 { 5670.0 } else { 5690.0 };
+                base + rng.random_range(-6.0f32..=6.0)
+            })
+            .collect();
+        let got = softmax(&exec, &shifted, len, SoftmaxOptions::default());
+        check_row(&got, &shifted, &softmax_f64(&shifted), &ctx("fused limit"));
+        check_sum(&got, &ctx("fused limit"));
+        // +∞ in the first chunk (the row's first max is +∞): it takes all the mass.
+        let mut row: Vec<f32> = (0..len).map(|j| (j % 11) as f32).collect();
+        row[100] = INF;
+        let got = softmax(&exec, &row, len, SoftmaxOptions::default());
+        let mut want = vec![0.0; len];
+        want[100] = 1.0;
+        assert_eq!(got, want, "{}", ctx("+∞ in the first chunk"));
+        // Causal rows of valid length 8190 ..= 8195: three-pass rows and chunked ones alternate
+        // within one call (the chunked row applies the previous row's pending 1/sum).
+        let (rows, offset) = (6, 8189);
+        let data: Vec<f32> = (0..rows * len)
+            .map(|_| rng.random_range(-8.0f32..=8.0))
+            .collect();
+        let got = softmax(&exec, &data, len, opts(0.25, Mask::Causal { offset }));
+        for r in 0..rows {
+            let valid = offset + r + 1;
+            let (input, out) = (&data[r * len..][..len], &got[r * len..][..len]);
+            let want = softmax_scaled_f64(&input[..valid], 0.25);
+            check_row(
+                &out[..valid],
+                &input[..valid],
+                &want,
+                &ctx(&format!("causal {r}")),
+            );
+            check_sum(&out[..valid], &ctx(&format!("causal {r}")));
             assert!(out[valid..].iter().all(|&v| v == 0.0));
         }
     }

@@ -3,7 +3,8 @@
 //! `softmax(scale·x)_i = exp(scale·(x_i − max)) / Σ_j exp(scale·(x_j − max))`, computed in three
 //! passes over the row (max; exp and sum; multiply by 1/sum), the third done in the same loop as
 //! the next row's first (so a row's max pass, its first touch of the data, overlaps the previous
-//! row's scaling instead of waiting on memory alone). The sum is accumulated in f32 over
+//! row's scaling instead of waiting on memory alone). Rows too long for L1 take two passes, the
+//! max folded into the exponentials' loop chunk by chunk (see `softmax_long_row`). The sum is accumulated in f32 over
 //! blocks of 8 vectors and in f64 across blocks, so rows of any length sum to 1 within a few f32
 //! ulps. Defined results for every input:
 //!
@@ -161,17 +162,27 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                         }
                     };
                     let row = ptr.row(i, row_len);
+                    let long = valid >= LONG_ROW_MIN;
+                    let first = if long {
+                        chunk_len(valid).min(valid)
+                    } else {
+                        valid
+                    };
                     // SAFETY: row `i < rows` spans `row_len` floats of both buffers, which the
                     // public functions checked; rows are owned by one task each, and the
                     // pending row is an earlier row of this task (disjoint from row i).
                     unsafe {
-                        let max = max_of_while_scaling(s, row.src, valid, pending);
+                        let max = max_of_while_scaling(s, row.src, first, pending);
                         pending = Pending::NONE;
                         if valid < row_len {
                             // (A call even for 0 bytes: 9% of a 64-float row's time.)
                             std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
                         }
                         if valid == 0 {
+                            continue;
+                        }
+                        if long {
+                            softmax_long_row(s, row.src, row.dst, valid, opts.scale, max);
                             continue;
                         }
                         if !max.is_finite() {
@@ -197,6 +208,114 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
     });
 }
 
+/// Rows at least this long (after masking) take [`softmax_long_row`]. In-process against the
+/// three passes, on 1 MiB of in-place rows (one thread, calls alternating): 1.17× at 8192,
+/// 1.10× at 16384, 1.03× at 32768, 1.00× at 65536; at 4096 (a row fits L1) 0.85×.
+const LONG_ROW_MIN: usize = 8192;
+/// Floats per chunk of a long row: the chunk being exponentiated, the next being read for its
+/// max and (out of place) the chunk's output fit L1 together. 1024 measured 0.94–1.0× of
+/// 2048's speed beyond 16384 rows, 4096 and 512 slower everywhere.
+const CHUNK: usize = 2048;
+/// Most chunks a long row is cut into: their shifts and sums live on the stack.
+const MAX_CHUNKS: usize = 64;
+
+/// Floats per chunk of a long row of `n`: a multiple of 128 (eight vectors of every path).
+fn chunk_len(n: usize) -> usize {
+    CHUNK.max(n.div_ceil(MAX_CHUNKS)).next_multiple_of(128)
+}
+
+/// Softmax of a row too long for L1, in two passes instead of three: chunk by chunk, the
+/// weights are taken with the running max while the next chunk's max is read in the same loop
+/// (its loads hide behind the exponentials' arithmetic and bring the chunk into L1 for its own
+/// exponentiation), then one pass multiplies each chunk by `2^(its shift − the row's)/sum`.
+/// A weight is rounded as often as in the three-pass form: once by exp2, once by the final
+/// multiply.
+///
+/// # Safety
+/// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal); `first_max` is the
+/// max of the first [`chunk_len`]`(n)` floats (NaN lanes may be ignored).
+#[inline(always)]
+unsafe fn softmax_long_row<S: Simd>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    scale: f32,
+    first_max: f32,
+) {
+    let chunk = chunk_len(n);
+    let chunks = n.div_ceil(chunk);
+    let mut sums = [0f64; MAX_CHUNKS];
+    let mut shifts = [0f64; MAX_CHUNKS];
+    let mut max = first_max;
+    for c in 0..chunks {
+        let start = c * chunk;
+        if max == f32::INFINITY || max.is_nan() {
+            // SAFETY: chunks before `c` are written, the rest of `src` is untouched.
+            unsafe { long_row_special(src, dst, n, start, sums[..c].iter().any(|v| v.is_nan())) };
+            return;
+        }
+        let len = chunk.min(n - start);
+        let next_n = chunk.min(n - start - len);
+        // SAFETY: chunk `c` and the next lie inside the row; `next` is only read, and a
+        // different chunk than the one written.
+        let block = unsafe {
+            let (src, dst, next) = (src.add(start), dst.add(start), src.add(start + len));
+            if max == f32::NEG_INFINITY {
+                // Only −∞ (and perhaps NaN) so far: a shift of 0 gives them weight 0 (or NaN).
+                exp_block::<S, MAX>(s, src, dst, len, scale, 0.0, false, next, next_n)
+            } else {
+                exp_block::<S, MAX>(s, src, dst, len, scale, max, true, next, next_n)
+            }
+        };
+        sums[c] = block.sum;
+        shifts[c] = block.shift;
+        max = max.max(block.next_max);
+    }
+    // The last chunk was taken with the row's max: bring every chunk to its shift.
+    let common = shifts[chunks - 1];
+    let total: f64 = (0..chunks)
+        .filter(|&c| sums[c] != 0.0)
+        .map(|c| sums[c] * (shifts[c] - common).exp2())
+        .sum();
+    for c in 0..chunks {
+        let factor = if total.is_nan() {
+            f32::NAN
+        } else if sums[c] == 0.0 {
+            0.0
+        } else {
+            ((shifts[c] - common).exp2() / total) as f32
+        };
+        let start = c * chunk;
+        // SAFETY: chunk `c` of the row.
+        unsafe { scale_in_place(s, dst.add(start), chunk.min(n - start), factor) };
+    }
+}
+
+/// A long row in which a +∞ or NaN max turned up at float `done`: what is written before it
+/// is finite weights (NaN where `done_nan`), `src` from `done` on is untouched. Finishes the
+/// row per the table in the module docs.
+///
+/// # Safety
+/// As for [`softmax_long_row`], with `done ≤ n`.
+unsafe fn long_row_special(src: *const f32, dst: *mut f32, n: usize, done: usize, done_nan: bool) {
+    // SAFETY: the caller's ranges; `src` is read from `done` on, before it is written.
+    unsafe {
+        let rest_nan = (done..n).any(|i| (*src.add(i)).is_nan());
+        let head = if done_nan || rest_nan { f32::NAN } else { 0.0 };
+        for i in 0..done {
+            *dst.add(i) = head;
+        }
+        if head.is_nan() {
+            for i in done..n {
+                *dst.add(i) = f32::NAN;
+            }
+        } else {
+            softmax_row_special(src.add(done), dst.add(done), n - done);
+        }
+    }
+}
+
 /// A row whose exponentials are written and that still needs multiplying by `factor` (1/sum).
 #[derive(Clone, Copy)]
 struct Pending {
@@ -213,19 +332,15 @@ impl Pending {
     };
 }
 
-/// Loads `n ≤ LANES` floats, padding with −∞ so padded lanes add exp(−∞) = 0 to sums and never
+/// Loads `n < LANES` floats, padding with −∞ so padded lanes add exp(−∞) = 0 to sums and never
 /// win a max.
 ///
 /// # Safety
 /// `p .. p + n` must be readable.
 #[inline(always)]
 unsafe fn load_padded<S: Simd>(s: S, p: *const f32, n: usize) -> S::V {
-    let mut buf = [f32::NEG_INFINITY; 64];
-    // SAFETY: the caller guarantees `n ≤ LANES ≤ 64` readable floats at `p`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n);
-        s.load(buf.as_ptr())
-    }
+    // SAFETY: the caller guarantees `n < LANES` readable floats at `p`.
+    unsafe { s.load_partial_or(p, n, s.splat(f32::NEG_INFINITY)) }
 }
 
 /// Maximum of `n` floats at `p` (−∞ when empty; NaN lanes may be ignored).
@@ -306,36 +421,13 @@ pub(crate) unsafe fn exp_shifted_sum<S: Simd>(
     scale: f32,
     max: f32,
 ) -> f64 {
-    let folded = scale as f64 * std::f64::consts::LOG2_E;
-    // SAFETY: the caller's ranges are passed on unchanged.
-    unsafe {
-        if folded <= f32::MAX as f64 {
-            exp_shifted_sum_with::<S, FOLDED, false>(
-                s,
-                src,
-                dst,
-                n,
-                [-max, folded as f32, 0.0],
-                src,
-            )
-        } else {
-            // scale·log₂e would overflow: multiply by the two in turn (a difference that then
-            // overflows to −∞ has weight 0, as it should).
-            exp_shifted_sum_with::<S, SPLIT, false>(s, src, dst, n, [-max, scale, LOG2_E], src)
-        }
-    }
+    // SAFETY: the caller's ranges are passed on unchanged; nothing read alongside.
+    unsafe { exp_block::<S, NOTHING>(s, src, dst, n, scale, max, false, src, 0).sum }
 }
 
 /// Writes the unnormalised softmax weights of one whole row to `dst` and returns their sum: the
-/// weights of [`exp_shifted_sum`] up to one common factor, which normalising cancels. The
-/// exponent is one FMA, `t = src_i·c − hi` with `c = scale·log₂e` and `hi = max·c` rounded to
-/// f32, instead of a subtraction and a multiplication: the product is exact inside the FMA, so
-/// t is rounded once (the two-step form rounds twice). What `hi` leaves out of `max·c` (at most
-/// half an ulp of it) shifts every exponent alike, scaling all weights by one factor that
-/// normalising cancels; see [`FUSED_MAX_SHIFT`] for how large that shift may be (larger logits
-/// take [`exp_shifted_sum`]). Only for a whole row: callers that merge sums across blocks need [`exp_shifted_sum`]'s exact shift, and paths without a fused
-/// multiply-add take it too. `next`: the next row, to prefetch meanwhile (see
-/// [`NEXT_ROW_PREFETCH`]).
+/// weights of [`exp_shifted_sum`] up to one common factor, which normalising cancels (see
+/// [`exp_block`]). `next`: the next row, to prefetch meanwhile (see [`NEXT_ROW_PREFETCH`]).
 ///
 /// # Safety
 /// As for [`exp_shifted_sum`].
@@ -349,19 +441,78 @@ unsafe fn exp_row_sum<S: Simd>(
     max: f32,
     next: Option<*const f32>,
 ) -> f64 {
+    // SAFETY: the caller's ranges are passed on unchanged; prefetches never fault.
+    unsafe {
+        match next {
+            Some(next) => exp_block::<S, PREFETCH>(s, src, dst, n, scale, max, true, next, n),
+            None => exp_block::<S, NOTHING>(s, src, dst, n, scale, max, true, src, 0),
+        }
+        .sum
+    }
+}
+
+/// What [`exp_block`] returns.
+struct ExpBlock {
+    /// Sum of the weights written.
+    sum: f64,
+    /// The weights are `2^(log₂e·scale·src_i − shift)`, up to rounding: blocks exponentiated
+    /// with different maxima are brought to a common one by `2^(shift − common shift)`.
+    shift: f64,
+    /// Max of the block read alongside (−∞ unless `ALONG = MAX`).
+    next_max: f32,
+}
+
+/// Writes the weights `2^t`, `t = (src_i − max)·scale·log₂e`, of a block whose values are at
+/// most `max` (finite), and returns their sum, the shift they were taken with, and whatever
+/// `ALONG` asks of the `next_n` floats at `next`.
+///
+/// With `fused`, where the path has an FMA and the logits are moderate, the exponent is one
+/// FMA, `t = src_i·c − hi` with `c = scale·log₂e` and `hi = max·c` rounded to f32, instead of a
+/// subtraction and a multiplication: the product is exact inside the FMA, so t is rounded once
+/// (the two-step form rounds twice). What `hi` leaves out of `max·c` (at most half an ulp of
+/// it) scales the block's weights by one factor, which the returned shift accounts for and
+/// normalising cancels; see [`FUSED_MAX_SHIFT`] for how large it may be. Callers that merge
+/// states by their max, not by this shift, pass `fused = false`.
+///
+/// # Safety
+/// As for [`exp_shifted_sum_with`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn exp_block<S: Simd, const ALONG: Alongside>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    n: usize,
+    scale: f32,
+    max: f32,
+    fused: bool,
+    next: *const f32,
+    next_n: usize,
+) -> ExpBlock {
     let c = (scale as f64 * std::f64::consts::LOG2_E) as f32;
     let hi = max * c;
     // SAFETY: the caller's ranges are passed on unchanged.
-    unsafe {
-        if S::FUSED_MULTIPLY_ADD && c.is_finite() && hi.abs() < FUSED_MAX_SHIFT {
+    let ((sum, next_max), shift) = unsafe {
+        if fused && S::FUSED_MULTIPLY_ADD && c.is_finite() && hi.abs() < FUSED_MAX_SHIFT {
             let k = [-hi, c, 0.0];
-            match next {
-                Some(next) => exp_shifted_sum_with::<S, FUSED, true>(s, src, dst, n, k, next),
-                None => exp_shifted_sum_with::<S, FUSED, false>(s, src, dst, n, k, src),
-            }
+            let r = exp_shifted_sum_with::<S, FUSED, ALONG>(s, src, dst, n, k, next, next_n);
+            (r, hi as f64)
+        } else if c.is_finite() {
+            let k = [-max, c, 0.0];
+            let r = exp_shifted_sum_with::<S, FOLDED, ALONG>(s, src, dst, n, k, next, next_n);
+            (r, max as f64 * c as f64)
         } else {
-            exp_shifted_sum(s, src, dst, n, scale, max)
+            // scale·log₂e would overflow: multiply by the two in turn (a difference that then
+            // overflows to −∞ has weight 0, as it should).
+            let k = [-max, scale, LOG2_E];
+            let r = exp_shifted_sum_with::<S, SPLIT, ALONG>(s, src, dst, n, k, next, next_n);
+            (r, max as f64 * scale as f64 * std::f64::consts::LOG2_E)
         }
+    };
+    ExpBlock {
+        sum,
+        shift,
+        next_max,
     }
 }
 
@@ -387,22 +538,34 @@ const SPLIT: ExponentForm = 1;
 /// `x·k₁ + k₀`, fused (k₀ = −max·scale·log₂e rounded, k₁ = scale·log₂e).
 const FUSED: ExponentForm = 2;
 
-/// Writes `2^t` to `dst` for every `src` element, `t` formed per `FORM`, and returns the sum.
-/// With `PREFETCH`, the `n` floats at `next` (the next row, whose max pass comes next) are
-/// asked into L1 meanwhile, one hint per vector (a line each on 16-lane paths); prefetches
-/// never fault, so `next` need not be readable.
+/// What [`exp_shifted_sum_with`] does with the `next` block while it exponentiates.
+type Alongside = u8;
+/// Nothing.
+const NOTHING: Alongside = 0;
+/// Asks it into L1, one hint per vector (a line each on 16-lane paths); prefetches never
+/// fault, so `next` need not be readable.
+const PREFETCH: Alongside = 1;
+/// Takes its max. The loads are the block's first touch (from L2 or beyond); in the
+/// exponentiation's loop they hide behind its arithmetic and leave the block in L1 for its own
+/// exponentiation next.
+const MAX: Alongside = 2;
+
+/// Writes `2^t` to `dst` for every `src` element, `t` formed per `FORM`, and returns the sum
+/// and, with `ALONG = MAX`, the max of the `next_n` floats at `next` (−∞ otherwise).
 ///
 /// # Safety
-/// As for [`exp_shifted_sum`].
+/// As for [`exp_shifted_sum`]; with `ALONG = MAX`, `next .. next + next_n` readable and
+/// disjoint from `dst`'s range.
 #[inline(always)]
-unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH: bool>(
+unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const ALONG: Alongside>(
     s: S,
     src: *const f32,
     dst: *mut f32,
     n: usize,
     k: [f32; 3],
     next: *const f32,
-) -> f64 {
+    next_n: usize,
+) -> (f64, f32) {
     let lanes = S::LANES;
     let full = n / lanes * lanes;
     let k = k.map(|c| s.splat(c));
@@ -417,18 +580,36 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH
         }
     }
     let mut acc = [s.acc64_zero(), s.acc64_zero()];
+    let mut next_max = [s.splat(f32::NEG_INFINITY); 2];
+    // Blocks whose `next` floats the loop reads for their max (all of them have those).
+    let fused_end = if ALONG == MAX {
+        full.min(next_n / lanes * lanes) / (8 * lanes) * (8 * lanes)
+    } else {
+        0
+    };
     let mut i = 0;
-    // SAFETY: every offset stays below `n`.
+    // SAFETY: every offset stays below `n` (and below `next_n` for `next`'s loads).
     unsafe {
         // Blocks of 8 vectors are summed in f32 (8 terms per lane, so at most 7 roundings of
         // values ≤ 1.0002: a relative error under 5e-7 on the block's sum) and only the block
         // sums are widened into f64, alternating between two accumulators: the widening then
         // costs an eighth of what it would per vector (summing the block in two f32 parts and
-        // widening both measured 2% slower).
-        let mut block = 0;
+        // widening both measured 2% slower). Two loops, so that each compiles to one body.
+        while i < fused_end {
+            let mut part = [s.zero(), s.zero()];
+            for u in 0..8 {
+                let at = i + u * lanes;
+                next_max[u % 2] = s.max(next_max[u % 2], s.load(next.add(at)));
+                let e = s.exp2_nonpositive(exponent::<S, FORM>(s, s.load(src.add(at)), k));
+                s.store(dst.add(at), e);
+                part[u % 2] = s.add(part[u % 2], e);
+            }
+            acc = [acc[1], s.acc64_add(acc[0], s.add(part[0], part[1]))];
+            i += 8 * lanes;
+        }
         while i + 8 * lanes <= full {
             let mut part = [s.zero(), s.zero()];
-            if PREFETCH {
+            if ALONG == PREFETCH {
                 for u in 0..8 {
                     prefetch(next.wrapping_add(i + u * lanes));
                 }
@@ -439,8 +620,9 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH
                 s.store(dst.add(i + u * lanes), e);
                 part[u % 2] = s.add(part[u % 2], e);
             }
-            acc[block % 2] = s.acc64_add(acc[block % 2], s.add(part[0], part[1]));
-            block += 1;
+            // Swapping (free: registers are renamed) rather than indexing by block parity,
+            // which kept both accumulators on the stack.
+            acc = [acc[1], s.acc64_add(acc[0], s.add(part[0], part[1]))];
             i += 8 * lanes;
         }
         while i < full {
@@ -456,7 +638,14 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const PREFETCH
             acc[1] = s.acc64_add(acc[1], e);
         }
     }
-    s.acc64_reduce(acc[0]) + s.acc64_reduce(acc[1])
+    let next_max = if ALONG == MAX {
+        // SAFETY: the rest of `next`'s `next_n` floats.
+        let rest = unsafe { max_of(s, next.add(fused_end), next_n - fused_end) };
+        s.reduce_max(s.max(next_max[0], next_max[1])).max(rest)
+    } else {
+        f32::NEG_INFINITY
+    };
+    (s.acc64_reduce(acc[0]) + s.acc64_reduce(acc[1]), next_max)
 }
 
 /// `dst[i] *= factor` for `n` floats.

@@ -95,6 +95,13 @@ impl Simd for Avx2 {
         unsafe { _mm256_maskload_ps(p, tail_mask(n)) }
     }
     #[inline(always)]
+    unsafe fn load_partial_or(self, p: *const f32, n: usize, fill: __m256) -> __m256 {
+        let m = tail_mask(n);
+        // SAFETY: as for `load_partial`.
+        let v = unsafe { _mm256_maskload_ps(p, m) };
+        v!(_mm256_blendv_ps(fill, v, _mm256_castsi256_ps(m)))
+    }
+    #[inline(always)]
     unsafe fn load_bf16(self, p: *const u16) -> __m256 {
         // SAFETY: the caller guarantees 8 readable u16 at `p` (16 bytes); widening and shifting
         // by 16 is the exact bf16 → f32 conversion.

@@ -77,6 +77,11 @@ impl Simd for Avx512 {
         unsafe { _mm512_maskz_loadu_ps(tail_mask(n), p) }
     }
     #[inline(always)]
+    unsafe fn load_partial_or(self, p: *const f32, n: usize, fill: __m512) -> __m512 {
+        // SAFETY: as for `load_partial`.
+        unsafe { _mm512_mask_loadu_ps(fill, tail_mask(n), p) }
+    }
+    #[inline(always)]
     unsafe fn load_bf16(self, p: *const u16) -> __m512 {
         // SAFETY: the caller guarantees 16 readable u16 at `p` (32 bytes); bf16 is the upper
         // half of an f32, so widening and shifting by 16 is the exact conversion.

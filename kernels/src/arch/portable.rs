@@ -60,6 +60,13 @@ impl Simd for Portable {
         f32x8::from(lanes)
     }
     #[inline(always)]
+    unsafe fn load_partial_or(self, p: *const f32, n: usize, fill: f32x8) -> f32x8 {
+        let mut lanes = fill.to_array();
+        // SAFETY: the caller guarantees `n < 8` readable floats at `p`.
+        lanes[..n].copy_from_slice(unsafe { std::slice::from_raw_parts(p, n) });
+        f32x8::from(lanes)
+    }
+    #[inline(always)]
     unsafe fn load_bf16(self, p: *const u16) -> f32x8 {
         // SAFETY: the caller guarantees 8 readable u16 at `p`.
         let h = unsafe { (p as *const [u16; 8]).read_unaligned() };

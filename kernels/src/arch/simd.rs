@@ -34,6 +34,11 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p .. p + n` must be readable.
     unsafe fn load_partial(self, p: *const f32, n: usize) -> Self::V;
+    /// The first `n < LANES` floats from `p`; the other lanes are taken from `fill`.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be readable.
+    unsafe fn load_partial_or(self, p: *const f32, n: usize, fill: Self::V) -> Self::V;
     /// `LANES` bf16 values from `p`, widened to f32 (exact).
     ///
     /// # Safety
