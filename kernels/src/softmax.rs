@@ -3,9 +3,10 @@
 //! `softmax(scale·x)_i = exp(scale·(x_i − max)) / Σ_j exp(scale·(x_j − max))`, computed in three
 //! passes over the row (max; exp and sum; multiply by 1/sum), the third done in the same loop as
 //! the next row's first (so a row's max pass, its first touch of the data, overlaps the previous
-//! row's scaling instead of waiting on memory alone). Rows too long for L1 take two passes, the
-//! max folded into the exponentials' loop chunk by chunk (see `softmax_long_row`). The sum is accumulated in f32 over
-//! blocks of 8 vectors and in f64 across blocks, so rows of any length sum to 1 within a few f32
+//! row's scaling instead of waiting on memory alone). Rows of 8192 floats or more (after
+//! masking) take two passes, the max folded into the exponentials' loop chunk by chunk (see
+//! `softmax_long_row`). The sum is accumulated in f32 over blocks of 8 vectors and in f64
+//! across blocks, so rows of any length sum to 1 within a few f32
 //! ulps. Defined results for every input:
 //!
 //! | row contains | result |
@@ -163,11 +164,7 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                     };
                     let row = ptr.row(i, row_len);
                     let long = valid >= LONG_ROW_MIN;
-                    let first = if long {
-                        chunk_len(valid).min(valid)
-                    } else {
-                        valid
-                    };
+                    let first = if long { chunk_len(valid) } else { valid };
                     // SAFETY: row `i < rows` spans `row_len` floats of both buffers, which the
                     // public functions checked; rows are owned by one task each, and the
                     // pending row is an earlier row of this task (disjoint from row i).
@@ -212,14 +209,17 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
 /// three passes, on 1 MiB of in-place rows (one thread, calls alternating): 1.17× at 8192,
 /// 1.10× at 16384, 1.03× at 32768, 1.00× at 65536; at 4096 (a row fits L1) 0.85×.
 const LONG_ROW_MIN: usize = 8192;
-/// Floats per chunk of a long row: the chunk being exponentiated, the next being read for its
-/// max and (out of place) the chunk's output fit L1 together. 1024 measured 0.94–1.0× of
-/// 2048's speed beyond 16384 rows, 4096 and 512 slower everywhere.
+/// The least floats per chunk of a long row: the chunk being exponentiated, the next being
+/// read for its max and (out of place) the chunk's output fit L1 together. 1024 measured
+/// 0.94–1.0× of 2048's speed beyond 16384 rows, 4096 and 512 slower everywhere. Rows longer
+/// than [`MAX_CHUNKS`] such chunks (131072 floats) get longer chunks, which no longer fit L1
+/// together (not measured beyond 65536).
 const CHUNK: usize = 2048;
 /// Most chunks a long row is cut into: their shifts and sums live on the stack.
 const MAX_CHUNKS: usize = 64;
 
-/// Floats per chunk of a long row of `n`: a multiple of 128 (eight vectors of every path).
+/// Floats per chunk of a long row of `n`: a multiple of 128 (whole blocks of eight vectors on
+/// every path).
 fn chunk_len(n: usize) -> usize {
     CHUNK.max(n.div_ceil(MAX_CHUNKS)).next_multiple_of(128)
 }
@@ -228,8 +228,8 @@ fn chunk_len(n: usize) -> usize {
 /// weights are taken with the running max while the next chunk's max is read in the same loop
 /// (its loads hide behind the exponentials' arithmetic and bring the chunk into L1 for its own
 /// exponentiation), then one pass multiplies each chunk by `2^(its shift − the row's)/sum`.
-/// A weight is rounded as often as in the three-pass form: once by exp2, once by the final
-/// multiply.
+/// A weight is rounded as often as in the three-pass form: by exp2, by the final multiply, and
+/// through its factor (here `2^Δshift/sum`, there `1/sum`), rounded to f32 once.
 ///
 /// # Safety
 /// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal); `first_max` is the
@@ -522,7 +522,7 @@ unsafe fn exp_block<S: Simd, const ALONG: Alongside>(
 /// (two rows no longer fit L1), ±0 beyond.
 const NEXT_ROW_PREFETCH: std::ops::RangeInclusive<usize> = 256..=4096;
 
-/// [`exp_row_sum`] fuses the exponent while `|max·scale·log₂e| < 2¹³`. Below that, what the
+/// [`exp_block`] fuses the exponent while `|max·scale·log₂e| < 2¹³`. Below that, what the
 /// rounding of `hi` drops is at most 2⁻¹², so the largest weight, 2 to that power, lies within
 /// 1.7e-4 of 1; every f32 `y` that close to 1 has `y · fl(1/y)` exactly 1 (checked for all of
 /// them; the nearest exception is 1.73e-4 away), so a row with one finite entry still gives
@@ -581,7 +581,8 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const ALONG: A
     }
     let mut acc = [s.acc64_zero(), s.acc64_zero()];
     let mut next_max = [s.splat(f32::NEG_INFINITY); 2];
-    // Blocks whose `next` floats the loop reads for their max (all of them have those).
+    // The floats up to `fused_end` (whole 8-vector blocks that `next` also has) are read from
+    // `next` for its max in the same loop; the rest of `next` after it.
     let fused_end = if ALONG == MAX {
         full.min(next_n / lanes * lanes) / (8 * lanes) * (8 * lanes)
     } else {
