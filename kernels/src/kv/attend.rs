@@ -105,7 +105,12 @@ fn attend_impl<S: Simd, T: Elem>(
     let (scores, rest) = scratch.split_at_mut(g * MAX_ATTEND_BLOCK_ROWS);
     // bf16 rows of whole 4-vector chunks are widened in the cheaper even/odd order; q and the
     // accumulators are permuted to match once per call, and permuted back at the end.
-    if T::PAIRS && d.is_multiple_of(4 * S::LANES) && d / S::LANES <= 8 {
+    // (Every scores and values path these head sizes take reads in that order.)
+    let vecs = d / S::LANES;
+    if T::PAIRS
+        && d.is_multiple_of(4 * S::LANES)
+        && (vecs <= 8 || super::scores::chunked_applies(vecs))
+    {
         let (qp, ap) = rest.split_at_mut(g * d);
         permute_pairs(q, &mut qp[..g * d], S::LANES, false);
         permute_pairs(acc, &mut ap[..g * d], S::LANES, false);

@@ -62,6 +62,35 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
     }
     if d.is_multiple_of(S::LANES) {
         match d / S::LANES {
+            v if chunked_applies(v) => {
+                // Heads in groups of up to four (their accumulators stay in registers); each
+                // group reads the key rows again, from cache.
+                let mut h0 = 0;
+                while h0 < g {
+                    let heads = (g - h0).min(4);
+                    let (q, sc) = (&q[h0 * d..], &mut scores[h0 * block..]);
+                    // SAFETY: d = v·LANES with v a multiple of 8; `kb` holds rows·d elements,
+                    // `q` from head h0 on holds heads·d, `sc` (heads−1)·block + rows.
+                    unsafe {
+                        match heads {
+                            4 => dot_rows_chunked::<S, T, PERM, 4>(
+                                s, q, kb, d, rows, block, scale, sc,
+                            ),
+                            3 => dot_rows_chunked::<S, T, PERM, 3>(
+                                s, q, kb, d, rows, block, scale, sc,
+                            ),
+                            2 => dot_rows_chunked::<S, T, PERM, 2>(
+                                s, q, kb, d, rows, block, scale, sc,
+                            ),
+                            _ => dot_rows_chunked::<S, T, PERM, 1>(
+                                s, q, kb, d, rows, block, scale, sc,
+                            ),
+                        }
+                    }
+                    h0 += heads;
+                }
+                return;
+            }
             8 => return fixed!(8),
             7 => return fixed!(7),
             6 => return fixed!(6),
@@ -192,6 +221,66 @@ unsafe fn dot_rows_group_fixed<S: Simd, T: Elem, const V: usize, const PERM: boo
                     }
                 }
                 *scores.get_unchecked_mut(h * block + r) = scale * s.reduce_add(s.add(even, odd));
+            }
+        }
+    }
+}
+
+/// Whether heads of `vecs` vectors take [`dot_rows_chunked`]: a multiple of 8 vectors, more
+/// than the fixed paths hold in registers (head_dim 128 on 8-lane paths, 256 on 16-lane ones).
+/// The bf16 element order of [`super::attend`] depends on it.
+pub(super) fn chunked_applies(vecs: usize) -> bool {
+    vecs > 8 && vecs.is_multiple_of(8)
+}
+
+/// [`dot_rows_group`] for `G ≤ 4` heads of [`chunked_applies`] size: each key row is loaded
+/// (and widened) 8 vectors at a time, once for all `G` heads, whose partial dot products
+/// accumulate in two registers each. Against one head at a time (each re-reading the row), on
+/// the AVX2 path with head_dim 128 and four heads per KV head: 1.31–1.42× the speed of
+/// `attend_partial` (f32 and bf16 caches of 32 MiB, in-process).
+///
+/// # Safety
+/// `d` is a multiple of `8·LANES`; `kb` holds `rows·d`, `q` holds `G·d` and `scores` holds
+/// `(G−1)·block + rows` elements, `rows ≤ block`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn dot_rows_chunked<S: Simd, T: Elem, const PERM: bool, const G: usize>(
+    s: S,
+    q: &[f32],
+    kb: &[T],
+    d: usize,
+    rows: usize,
+    block: usize,
+    scale: f32,
+    scores: &mut [f32],
+) {
+    const C: usize = 8;
+    let lanes = S::LANES;
+    debug_assert!(
+        d.is_multiple_of(C * lanes)
+            && kb.len() >= rows * d
+            && q.len() >= G * d
+            && scores.len() + block >= G * block + rows
+    );
+    let row_bytes = d * std::mem::size_of::<T>();
+    // SAFETY: every offset below stays inside the lengths the caller vouched for.
+    unsafe {
+        for r in 0..rows {
+            let row = kb.as_ptr().add(r * d);
+            prefetch_ahead(row as *const u8, row_bytes);
+            // Two chains per head (even and odd vectors), so that the FMA latency is covered.
+            let mut acc = [[s.zero(); 2]; G];
+            for c0 in (0..d).step_by(C * lanes) {
+                let k: [S::V; C] = T::load_vecs::<S, C, PERM>(s, row.add(c0));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    let qh = q.as_ptr().add(h * d + c0);
+                    for (v, kv) in k.iter().enumerate() {
+                        a[v % 2] = s.fmadd(s.load(qh.add(v * lanes)), *kv, a[v % 2]);
+                    }
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                *scores.get_unchecked_mut(h * block + r) = scale * s.reduce_add(s.add(a[0], a[1]));
             }
         }
     }
