@@ -385,8 +385,11 @@ fn paired_rounds_report_a_percent_of_the_roof() {
     let v: Value = serde_json::from_str(&out.report).unwrap();
     let recs = v.as_array().unwrap();
     let ours = |r: &Value| r["impl"].as_str().unwrap().starts_with("kernels");
-    // Counts of paired records: attention, GEMV-like matmul, other matmul.
+    // Counts of paired records: attention, GEMV-like matmul, other matmul; and of our other
+    // matmul records (their roof is the FMA peak or a bandwidth roof, whichever the measured
+    // peaks make lower, so how many of them pair depends on the machine's timing).
     let mut paired = [0; 3];
+    let mut ours_other = 0;
     for r in recs
         .iter()
         .filter(|r| r["suite"] == "attention" || r["suite"] == "matmul")
@@ -398,6 +401,9 @@ fn paired_rounds_report_a_percent_of_the_roof() {
         } else {
             2
         };
+        if ours(r) && kind == 2 {
+            ours_other += 1;
+        }
         let pairs = ours(r) && (kind < 2 || r["roof"].as_str().unwrap().starts_with("fma"));
         let p = &r["pct_peak_paired"];
         if pairs {
@@ -409,10 +415,12 @@ fn paired_rounds_report_a_percent_of_the_roof() {
         }
     }
     // attention: 3 seq lens × 2 dtypes × 2 thread counts; GEMV-like matmul: 2 shapes × 2
-    // thread counts × (gemm, gemm_prepacked); 32×32×32: the same 4 when the FMA peak is its
-    // roof on every thread count, as on any machine whose L2 feeds 5.3 flop/B faster than it
-    // computes.
-    assert_eq!(paired, [12, 8, 4]);
+    // thread counts × (gemm, gemm_prepacked); 32×32×32: the same 4 records, paired exactly
+    // where the FMA peak is the roof (checked record by record above). Usually all 4 are,
+    // but a busy moment during the bandwidth probe can make the L2 roof the lower one, so the
+    // count is not asserted (it failed once that way in a clean-clone run of `.ci/run`).
+    assert_eq!((paired[0], paired[1], ours_other), (12, 8, 4));
+    assert!(paired[2] <= ours_other);
     let md =
         run(&config(&[&["matmul", "attention", "--paired"][..], FAST, TINY].concat()).unwrap())
             .unwrap()

@@ -4,7 +4,9 @@
 use std::fmt;
 
 /// Why a decode call refused its inputs. Nothing is written to outputs or the cache on error.
+/// Non-exhaustive, like [`kernels::KernelError`]: new checks may add variants.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// A kernel rejected its arguments.
     Kernel(kernels::KernelError),
