@@ -24,6 +24,29 @@ fn scale_by_pow2(p: f32x8, n: f32x8) -> f32x8 {
     p * pow2(n1) * pow2(n - n1)
 }
 
+/// [`scale_by_pow2`] where `normal` marks the lanes whose product is known normal: when all
+/// are (softmax's weights, almost always), n is added to p's exponent field instead, which
+/// gives the same exact product in three integer operations.
+#[inline(always)]
+fn scale_by_pow2_where_normal(p: f32x8, n: f32x8, normal: f32x8) -> f32x8 {
+    use wide::bytemuck::cast;
+    let fast: f32x8 = cast(cast::<f32x8, i32x8>(p) + (n.round_int() << 23));
+    if normal.all() {
+        fast
+    } else {
+        normal.bitselect(fast, scale_by_pow2(p, n))
+    }
+}
+
+/// ⌊t⌋ for |t| < 2²² (exp2's clamped exponents), from the nearest integer: vector code on
+/// every target, where `f32x8::floor` is a loop of scalar calls on SSE2 (no `roundps` before
+/// SSE4.1). NaN lanes give a number; callers replace them.
+#[inline(always)]
+fn floor_small(t: f32x8) -> f32x8 {
+    let r = f32x8::from_i32x8(t.round_int());
+    r - (r.simd_gt(t) & f32x8::splat(1.0))
+}
+
 /// Reinterprets the lanes of an `i32x8` as f32 bit patterns.
 #[inline(always)]
 fn bytemuck_cast(v: i32x8) -> [f32; 8] {
@@ -131,20 +154,24 @@ impl Simd for Portable {
             q = q.mul_add(r, f32x8::splat(*c));
         }
         let p = (r * r).mul_add(q, r) + f32x8::splat(1.0);
-        not_nan.bitselect(scale_by_pow2(p, n), x)
+        // p ∈ [0.70, 1.42]: the product is normal for −125 ≤ n ≤ 127.
+        let normal = n.simd_ge(f32x8::splat(-125.0)) & n.simd_le(f32x8::splat(127.0));
+        not_nan.bitselect(scale_by_pow2_where_normal(p, n, normal), x)
     }
 
     #[inline(always)]
     fn exp2(self, t: f32x8) -> f32x8 {
         let not_nan = t.simd_eq(t);
         let tc = t.max(f32x8::splat(X::LO)).min(f32x8::splat(X::HI));
-        let n = tc.floor();
+        let n = floor_small(tc);
         let f = tc - n;
         let mut p = f32x8::splat(X::P[6]);
         for c in X::P[..6].iter().rev() {
             p = p.mul_add(f, f32x8::splat(*c));
         }
-        not_nan.bitselect(scale_by_pow2(p, n), t)
+        // p ∈ [1, 2]: the product is normal (or +∞ at n = 127, p = 2) for −126 ≤ n ≤ 127.
+        let normal = tc.simd_ge(f32x8::splat(-126.0)) & tc.simd_lt(f32x8::splat(128.0));
+        not_nan.bitselect(scale_by_pow2_where_normal(p, n, normal), t)
     }
 
     #[inline(always)]
