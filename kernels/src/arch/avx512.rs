@@ -142,70 +142,84 @@ impl Simd for Avx512 {
     const HAS_TRANSPOSE_SUM16: bool = true;
     #[inline(always)]
     fn transpose_sum16(self, v: &[__m512; 16]) -> __m512 {
+        // Loops, not closures (`from_fn`, `let` closures): a closure that LLVM declines to
+        // inline in a large caller is compiled without AVX-512, and each intrinsic in it
+        // becomes a call (this made bf16 decode attention 4× slower once).
         v!({
             // 16 → 8: within each 128-bit lane, [a0+a2, b0+b2, a1+a3, b1+b3] for pairs (a, b).
-            let t: [__m512; 8] = std::array::from_fn(|i| {
+            let mut t = [_mm512_setzero_ps(); 8];
+            for (i, ti) in t.iter_mut().enumerate() {
                 let (a, b) = (v[2 * i], v[2 * i + 1]);
-                _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b))
-            });
+                *ti = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+            }
             // 8 → 4: each 128-bit lane holds that lane's sums of four inputs [a, b, c, d].
-            let u: [__m512; 4] = std::array::from_fn(|i| {
+            let mut u = [_mm512_setzero_ps(); 4];
+            for (i, ui) in u.iter_mut().enumerate() {
                 let (x, y) = (t[2 * i], t[2 * i + 1]);
-                _mm512_add_ps(
+                *ui = _mm512_add_ps(
                     _mm512_shuffle_ps::<0b01_00_01_00>(x, y),
                     _mm512_shuffle_ps::<0b11_10_11_10>(x, y),
-                )
-            });
+                );
+            }
             // Sum across the four 128-bit lanes, keeping inputs 4k..4k+3 in lane k.
-            let fold = |x: __m512, y: __m512| {
-                _mm512_add_ps(
+            let mut w = [_mm512_setzero_ps(); 2];
+            for (i, wi) in w.iter_mut().enumerate() {
+                let (x, y) = (u[2 * i], u[2 * i + 1]);
+                *wi = _mm512_add_ps(
                     _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
                     _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-                )
-            };
-            fold(fold(u[0], u[1]), fold(u[2], u[3]))
+                );
+            }
+            _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(w[0], w[1]),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(w[0], w[1]),
+            )
         })
     }
 
     #[inline(always)]
     unsafe fn transpose_block(self, src: *const f32, ld: usize, dst: *mut f32, ldd: usize) {
-        // SAFETY: the caller vouches for 16 rows of 16 readable floats at `src` and 16 rows of
-        // 16 writable ones at `dst`.
-        let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.add(i * ld)) });
+        // Loops rather than closures, as in `transpose_sum16`.
+        let mut r = [v!(_mm512_setzero_ps()); 16];
+        for (i, ri) in r.iter_mut().enumerate() {
+            // SAFETY: the caller vouches for 16 rows of 16 readable floats at `src` and 16
+            // rows of 16 writable ones at `dst`.
+            *ri = unsafe { _mm512_loadu_ps(src.add(i * ld)) };
+        }
         let out = v!({
             // Pairs of rows interleaved: t[2i] = [a0 b0 a1 b1 | a4 b4 a5 b5 | …], t[2i+1] the
             // upper halves of each 128-bit lane.
-            let t: [__m512; 16] = std::array::from_fn(|i| {
-                let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-                if i % 2 == 0 {
-                    _mm512_unpacklo_ps(a, b)
-                } else {
-                    _mm512_unpackhi_ps(a, b)
-                }
-            });
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                let (a, b) = (r[2 * i], r[2 * i + 1]);
+                t[2 * i] = _mm512_unpacklo_ps(a, b);
+                t[2 * i + 1] = _mm512_unpackhi_ps(a, b);
+            }
             // Quads of rows: in each 128-bit lane k of u[4g + e], the four rows 4g..4g+3 at
             // column 4k + e.
-            let u: [__m512; 16] = std::array::from_fn(|i| {
+            let mut u = [_mm512_setzero_ps(); 16];
+            for (i, ui) in u.iter_mut().enumerate() {
                 let (g, e) = (i / 4, i % 4);
                 let (x, y) = (t[4 * g + e / 2], t[4 * g + 2 + e / 2]);
                 let (x, y) = (_mm512_castps_pd(x), _mm512_castps_pd(y));
-                _mm512_castpd_ps(if e % 2 == 0 {
+                *ui = _mm512_castpd_ps(if e % 2 == 0 {
                     _mm512_unpacklo_pd(x, y)
                 } else {
                     _mm512_unpackhi_pd(x, y)
-                })
-            });
+                });
+            }
             // Gather lane k of the four quads: output row 4k + e.
             let mut out = [_mm512_setzero_ps(); 16];
             for e in 0..4 {
-                let even = |a, b| _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
-                let odd = |a, b| _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
-                let (v01, w01) = (even(u[e], u[4 + e]), odd(u[e], u[4 + e]));
-                let (v23, w23) = (even(u[8 + e], u[12 + e]), odd(u[8 + e], u[12 + e]));
-                out[e] = even(v01, v23);
-                out[8 + e] = odd(v01, v23);
-                out[4 + e] = even(w01, w23);
-                out[12 + e] = odd(w01, w23);
+                let (a, b, c, d) = (u[e], u[4 + e], u[8 + e], u[12 + e]);
+                let v01 = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+                let w01 = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+                let v23 = _mm512_shuffle_f32x4::<0b10_00_10_00>(c, d);
+                let w23 = _mm512_shuffle_f32x4::<0b11_01_11_01>(c, d);
+                out[e] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v01, v23);
+                out[8 + e] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v01, v23);
+                out[4 + e] = _mm512_shuffle_f32x4::<0b10_00_10_00>(w01, w23);
+                out[12 + e] = _mm512_shuffle_f32x4::<0b11_01_11_01>(w01, w23);
             }
             out
         });

@@ -41,8 +41,10 @@ unsafe fn rows_into<S: Simd>(s: S, x: &[f32], b: Strided, n: usize, acc: *mut f3
         let mut p = 0;
         while p < k {
             let rows = 4.min(k - p);
-            let xs: [S::V; 4] =
-                std::array::from_fn(|i| s.splat(if i < rows { x[p + i] } else { 0.0 }));
+            let mut xs = [s.zero(); 4];
+            for (i, xi) in xs.iter_mut().enumerate() {
+                *xi = s.splat(if i < rows { x[p + i] } else { 0.0 });
+            }
             let r: [*const f32; 4] =
                 std::array::from_fn(|i| b.ptr.add((p + i.min(rows - 1)) * b.rs));
             if rows == 4 {

@@ -110,8 +110,11 @@ pub(crate) unsafe fn microkernel<S: Simd, const MR: usize, const NV: usize, cons
         ap: *const f32,
         bp: *const f32,
     ) {
-        // SAFETY: the caller passes row pointers inside the packed panels.
-        let bv: [S::V; NV] = std::array::from_fn(|v| unsafe { s.load(bp.add(v * S::LANES)) });
+        let mut bv = [s.zero(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            // SAFETY: the caller passes row pointers inside the packed panels.
+            *x = unsafe { s.load(bp.add(v * S::LANES)) };
+        }
         for (i, row) in acc.iter_mut().enumerate() {
             // SAFETY: each packed A row holds MR floats.
             let ai = s.splat(unsafe { *ap.add(i) });

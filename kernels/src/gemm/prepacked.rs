@@ -430,9 +430,11 @@ unsafe fn rows_prepacked<S: Simd, const NV: usize, const R: usize, const G: usiz
             for h in 0..H {
                 // SAFETY: row p < kc of the kc × NR panel holds NR = NV·LANES floats (the
                 // caller's contract).
-                let bv: [S::V; NV] = std::array::from_fn(|v| unsafe {
-                    s.load(panel_rows[h].add(p * NV * S::LANES + v * S::LANES))
-                });
+                let mut bv = [s.zero(); NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    // SAFETY: as above.
+                    *x = unsafe { s.load(panel_rows[h].add(p * NV * S::LANES + v * S::LANES)) };
+                }
                 for (r, row) in part[h].iter_mut().enumerate() {
                     let xv = s.splat(x[r * k + pcs[h] + p]);
                     for (a, bv) in row.iter_mut().zip(bv) {

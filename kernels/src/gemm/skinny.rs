@@ -158,9 +158,10 @@ unsafe fn chunk_kernel<S: Simd>(
             }
             for i in 0..m {
                 let ai = a.ptr.add(i * a.rs + p * a.cs);
-                let w: [S::V; 4] = std::array::from_fn(|u| {
-                    s.splat(if u < depth { *ai.add(u * a.cs) } else { 0.0 })
-                });
+                let mut w = [s.zero(); 4];
+                for (u, wu) in w.iter_mut().enumerate() {
+                    *wu = s.splat(if u < depth { *ai.add(u * a.cs) } else { 0.0 });
+                }
                 let ci = c.add(i * CHUNK);
                 for j in (0..full).step_by(lanes) {
                     let mut x = s.load(ci.add(j));
@@ -274,7 +275,10 @@ unsafe fn dot_columns<S: Simd, const M: usize>(
             let mut acc = [[s.zero(); 4]; M];
             let mut p = 0;
             while p < full {
-                let w: [S::V; 4] = std::array::from_fn(|u| s.load(col[u].add(p)));
+                let mut w = [s.zero(); 4];
+                for (u, wu) in w.iter_mut().enumerate() {
+                    *wu = s.load(col[u].add(p));
+                }
                 for (i, row) in acc.iter_mut().enumerate() {
                     let x = s.load(a.ptr.add(i * a.rs + p));
                     for (u, x_w) in row.iter_mut().enumerate() {
@@ -284,7 +288,10 @@ unsafe fn dot_columns<S: Simd, const M: usize>(
                 p += lanes;
             }
             if tail > 0 {
-                let w: [S::V; 4] = std::array::from_fn(|u| s.load_partial(col[u].add(full), tail));
+                let mut w = [s.zero(); 4];
+                for (u, wu) in w.iter_mut().enumerate() {
+                    *wu = s.load_partial(col[u].add(full), tail);
+                }
                 for (i, row) in acc.iter_mut().enumerate() {
                     let x = s.load_partial(a.ptr.add(i * a.rs + full), tail);
                     for (u, x_w) in row.iter_mut().enumerate() {

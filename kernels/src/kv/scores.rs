@@ -149,10 +149,11 @@ unsafe fn dot_rows_transposed<
         while r0 < rows {
             let mut acc = [s.zero(); 16];
             for v in (0..V).step_by(2) {
-                let qv: [[S::V; 2]; G] = std::array::from_fn(|h| {
+                let mut qv = [[s.zero(); 2]; G];
+                for (h, qh2) in qv.iter_mut().enumerate() {
                     let qh = q.as_ptr().add(h * d + v * lanes);
-                    [s.load(qh), s.load(qh.add(lanes))]
-                });
+                    *qh2 = [s.load(qh), s.load(qh.add(lanes))];
+                }
                 for r in 0..per {
                     let row = kb.as_ptr().add((r0 + r) * d);
                     if v == 0 {

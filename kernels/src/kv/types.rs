@@ -110,8 +110,15 @@ pub(crate) trait Elem: Copy {
         s: S,
         p: *const Self,
     ) -> [S::V; N] {
-        // SAFETY: vector v reads `p + v·LANES .. + LANES`, inside what the caller vouched for.
-        std::array::from_fn(|v| unsafe { Self::load(s, p.add(v * S::LANES)) })
+        // A loop, not `from_fn`: a closure LLVM declines to inline in a large caller is
+        // compiled without the ISA's features (see `Simd::transpose_sum16` on AVX-512).
+        let mut out = [s.zero(); N];
+        for (v, o) in out.iter_mut().enumerate() {
+            // SAFETY: vector v reads `p + v·LANES .. + LANES`, inside what the caller vouched
+            // for.
+            *o = unsafe { Self::load(s, p.add(v * S::LANES)) };
+        }
+        out
     }
 }
 
@@ -135,11 +142,15 @@ impl Elem for Bf16 {
         s: S,
         p: *const Bf16,
     ) -> [S::V; N] {
-        if !PERM {
-            // SAFETY: vector v reads `p + v·LANES .. + LANES`, inside what the caller vouched for.
-            return std::array::from_fn(|v| unsafe { Self::load(s, p.add(v * S::LANES)) });
-        }
         let mut out = [s.zero(); N];
+        if !PERM {
+            for (v, o) in out.iter_mut().enumerate() {
+                // SAFETY: vector v reads `p + v·LANES .. + LANES`, inside what the caller
+                // vouched for.
+                *o = unsafe { Self::load(s, p.add(v * S::LANES)) };
+            }
+            return out;
+        }
         for j in 0..N / 2 {
             // SAFETY: chunk j reads `p + 2j·LANES .. + 2·LANES`, inside the N·LANES vouched for.
             let (even, odd) = unsafe { s.load_bf16_pairs(p.add(2 * j * S::LANES) as *const u16) };

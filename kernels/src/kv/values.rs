@@ -97,8 +97,12 @@ unsafe fn accumulate_chunk_heads<
     let lanes = S::LANES;
     // SAFETY: every offset below is inside the ranges the caller vouched for.
     unsafe {
-        let mut a: [[S::V; W]; G] =
-            std::array::from_fn(|h| std::array::from_fn(|w| s.load(acc.add(h * d + w * lanes))));
+        let mut a = [[s.zero(); W]; G];
+        for (h, ah) in a.iter_mut().enumerate() {
+            for (w, x) in ah.iter_mut().enumerate() {
+                *x = s.load(acc.add(h * d + w * lanes));
+            }
+        }
         let chunk_bytes = W * lanes * std::mem::size_of::<T>();
         for r in 0..rows {
             let row = vb.add(r * d);
@@ -181,7 +185,10 @@ unsafe fn accumulate_chunk<S: Simd, T: Elem, const V: usize>(
     // SAFETY: guaranteed by the caller.
     unsafe {
         let a = acc.as_mut_ptr().add(c0);
-        let mut reg: [S::V; V] = std::array::from_fn(|v| s.load(a.add(v * lanes)));
+        let mut reg = [s.zero(); V];
+        for (v, x) in reg.iter_mut().enumerate() {
+            *x = s.load(a.add(v * lanes));
+        }
         let mut row = rows.as_ptr().add(c0);
         for w in weights {
             let w = s.splat(*w);
