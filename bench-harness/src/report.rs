@@ -237,7 +237,7 @@ fn section(out: &mut String, title: &str, recs: &[&Record], columns: &[Column], 
 fn notes(out: &mut String, recs: &[&Record]) {
     for r in recs {
         if let Some(n) = &r.note
-            && n.contains("MISMATCH")
+            && n.starts_with(crate::runner::MISMATCH)
         {
             let _ = writeln!(
                 out,

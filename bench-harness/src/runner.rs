@@ -271,8 +271,19 @@ pub fn random_vec(seed: u64, n: usize) -> Result<kernels::LargeBuffer<f32>> {
     Ok(v)
 }
 
+/// The prefix of the note on a record whose output disagrees with its baseline's; the report
+/// lists such records under its table.
+pub const MISMATCH: &str = "MISMATCH vs baseline";
+
+/// The note for an implementation whose output `got` differs from the baseline's `reference`
+/// by more than `tol` (relative to the largest `|reference|`), or `None` when it agrees.
+pub fn mismatch_note(got: &[f32], reference: &[f32], tol: f64) -> Option<String> {
+    let err = max_rel_diff(got, reference);
+    (err > tol).then(|| format!("{MISMATCH}: rel err {err:.2e}"))
+}
+
 /// Largest `|a − b|` relative to the largest `|b|` (0 for empty inputs).
-pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
     let scale = b
         .iter()
         .fold(0.0f64, |m, x| m.max(x.abs() as f64))

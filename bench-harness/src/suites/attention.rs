@@ -113,13 +113,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         || bench.step(&exec).map_err(dec),
                         Some(pair),
                     )?;
-                    let err = crate::runner::max_rel_diff(bench.output(), &reference);
                     let mut rec = Record {
                         isa: Some(isa.name().into()),
                         threads: Some(t),
                         vs_baseline: Some(base.median / st.median),
-                        note: (err > 1e-3)
-                            .then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                        note: crate::runner::mismatch_note(bench.output(), &reference, 1e-3),
                         pct_peak_paired: paired,
                         ..template.clone()
                     }

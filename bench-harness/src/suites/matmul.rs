@@ -4,7 +4,7 @@
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::record::Record;
-use crate::runner::{Ctx, PairedRoof, exec_for, max_rel_diff, random_vec};
+use crate::runner::{Ctx, PairedRoof, exec_for, mismatch_note, random_vec};
 use crate::sweep::MatShape;
 use kernels::{GemmWorkspace, MatMut, MatRef, PackedB, gemm, gemm_prepacked};
 
@@ -246,14 +246,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         },
                         pair,
                     )?;
-                    let err = max_rel_diff(&c, &reference);
                     let mut rec = Record {
                         implementation: implementation.into(),
                         isa: Some(isa.name().into()),
                         threads: Some(t),
                         vs_baseline: Some(base.median / st.median),
-                        note: (err > 1e-3)
-                            .then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                        note: mismatch_note(&c, &reference, 1e-3),
                         pct_peak_paired: paired,
                         ..base_record(s, copies)
                     }

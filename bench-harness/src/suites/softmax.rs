@@ -5,7 +5,7 @@
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::record::Record;
-use crate::runner::{Ctx, exec_for, max_rel_diff, random_vec};
+use crate::runner::{Ctx, exec_for, mismatch_note, random_vec};
 use kernels::{SoftmaxOptions, softmax_rows};
 
 /// Name of the baseline implementation.
@@ -111,12 +111,11 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                 })?;
                 work.copy_from_slice(&input);
                 softmax_rows(&exec, &mut work, len, SoftmaxOptions::default())?;
-                let err = max_rel_diff(&work, &reference);
                 let mut rec = Record {
                     isa: Some(isa.name().into()),
                     threads: Some(t),
                     vs_baseline: Some(base.median / st.median),
-                    note: (err > 1e-4).then(|| format!("MISMATCH vs baseline: rel err {err:.2e}")),
+                    note: mismatch_note(&work, &reference, 1e-4),
                     ..template.clone()
                 }
                 .with_stats(&st);
