@@ -1,6 +1,5 @@
 //! The AVX2 + FMA path: 8 f32 lanes.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::simd::{Simd, exp_consts as E, exp2_consts as X};
@@ -14,7 +13,6 @@ pub(crate) struct Avx2 {
 impl Avx2 {
     /// The token, if this CPU has AVX2 and FMA.
     pub(crate) fn try_new() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             return Some(Self { _private: () });
@@ -44,7 +42,6 @@ fn tail_mask(n: usize) -> __m256i {
 
 /// `p · 2^n` for integral `n ∈ [−151, 129]`, with 2^n split into two normal factors so that only
 /// the last multiply rounds, also into the subnormal range.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn scale_by_pow2(p: __m256, n: __m256) -> __m256 {
     v!({
@@ -67,7 +64,6 @@ fn scale_by_pow2(p: __m256, n: __m256) -> __m256 {
 /// adding n to p's exponent field gives the same exact product in three integer operations
 /// instead of eleven: 1.42–1.53× the AVX2 softmax's speed (in-process, rows of 128–32768).
 /// Otherwise the split scaling serves the vector, and the normal lanes keep the shortcut.
-#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn scale_by_pow2_where_normal(p: __m256, n: __m256, normal: __m256) -> __m256 {
     v!({
@@ -83,7 +79,6 @@ fn scale_by_pow2_where_normal(p: __m256, n: __m256, normal: __m256) -> __m256 {
     })
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Simd for Avx2 {
     const LANES: usize = 8;
     const FUSED_MULTIPLY_ADD: bool = true;
@@ -303,7 +298,7 @@ impl Simd for Avx2 {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

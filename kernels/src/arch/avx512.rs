@@ -1,7 +1,6 @@
 //! The AVX-512 (F + DQ) path: 16 f32 lanes, masked tails, `vreduceps` and `vscalefps` for the
 //! exponentials.
 
-#[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 use super::simd::{Simd, exp_consts as E, exp2_consts as X};
@@ -16,7 +15,6 @@ pub(crate) struct Avx512 {
 impl Avx512 {
     /// The token, if this CPU has AVX-512F and AVX-512DQ.
     pub(crate) fn try_new() -> Option<Self> {
-        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512dq")
             && std::arch::is_x86_feature_detected!("avx2")
@@ -44,7 +42,6 @@ fn tail_mask(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
-#[cfg(target_arch = "x86_64")]
 impl Simd for Avx512 {
     const LANES: usize = 16;
     const FUSED_MULTIPLY_ADD: bool = true;
@@ -291,7 +288,7 @@ impl Simd for Avx512 {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -6,13 +6,19 @@
 //! the CPU has been checked for their features, so holding one is the proof that makes the
 //! intrinsics sound to call.
 
+// The x86 paths exist only where they can run (see `build.rs`: `x86_simd` is set on x86-64,
+// unless the build asks for the portable path alone).
+#[cfg(x86_simd)]
 mod avx2;
+#[cfg(x86_simd)]
 mod avx512;
 mod portable;
 mod probe;
 mod simd;
 
+#[cfg(x86_simd)]
 pub(crate) use avx2::Avx2;
+#[cfg(x86_simd)]
 pub(crate) use avx512::Avx512;
 pub(crate) use portable::Portable;
 pub use probe::{fma_probe, sum_probe};
@@ -43,8 +49,12 @@ impl Isa {
     pub fn is_available(self) -> bool {
         match self {
             Isa::Portable => true,
+            #[cfg(x86_simd)]
             Isa::Avx2 => Avx2::try_new().is_some(),
+            #[cfg(x86_simd)]
             Isa::Avx512 => Avx512::try_new().is_some(),
+            #[cfg(not(x86_simd))]
+            Isa::Avx2 | Isa::Avx512 => false,
         }
     }
 
@@ -78,8 +88,8 @@ impl Isa {
     pub fn f32_lanes(self) -> usize {
         match self {
             Isa::Portable => Portable::LANES,
-            Isa::Avx2 => Avx2::LANES,
-            Isa::Avx512 => Avx512::LANES,
+            Isa::Avx2 => 8,
+            Isa::Avx512 => 16,
         }
     }
 
@@ -117,13 +127,13 @@ impl FromStr for Isa {
 /// any address, so callers may prefetch past the end of a buffer.
 #[inline(always)]
 pub(crate) fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_simd)]
     // SAFETY: PREFETCHT0 is baseline SSE on x86-64 and only a hint: it never faults, even on
     // invalid addresses, and reads nothing architecturally.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(x86_simd))]
     let _ = p;
 }
 
@@ -131,13 +141,13 @@ pub(crate) fn prefetch<T>(p: *const T) {
 /// has turned over. Never faults, on any address.
 #[inline(always)]
 pub(crate) fn prefetch_l2<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_simd)]
     // SAFETY: PREFETCHT1 is baseline SSE on x86-64 and only a hint: it never faults, even on
     // invalid addresses, and reads nothing architecturally.
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
     };
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(not(x86_simd))]
     let _ = p;
 }
 
@@ -180,6 +190,7 @@ pub fn compiled_target_features() -> Vec<&'static str> {
 /// Binds `$s` to the token of the ISA `$isa` and evaluates `$body`, which is generic code over
 /// `S: Simd`. This is the single place where a runtime ISA value becomes a compile-time type;
 /// the body calls `s.vectorize(..)` around its hot loops.
+#[cfg(x86_simd)]
 macro_rules! with_simd {
     ($isa:expr, |$s:ident| $body:expr) => {{
         match $isa {
@@ -196,6 +207,15 @@ macro_rules! with_simd {
                 $body
             }
         }
+    }};
+}
+/// [`with_simd`] where only the portable path is compiled: no `Exec` can hold another ISA.
+#[cfg(not(x86_simd))]
+macro_rules! with_simd {
+    ($isa:expr, |$s:ident| $body:expr) => {{
+        debug_assert_eq!($isa, $crate::Isa::Portable, "Exec holds only detected ISAs");
+        let $s = $crate::arch::Portable;
+        $body
     }};
 }
 pub(crate) use with_simd;

@@ -48,7 +48,7 @@ pub(crate) unsafe fn pack_a_panel<const MR: usize>(
 ) {
     debug_assert!(rows <= MR && dst.len() >= MR * kc);
     let dst = &mut dst[..MR * kc];
-    #[cfg(target_arch = "x86_64")]
+    #[cfg(x86_simd)]
     if a.cs == 1 && MR.is_multiple_of(4) {
         // SAFETY: forwarded from the caller.
         unsafe { pack_a_rows_4x4::<MR>(a, rows, kc, dst) };
@@ -73,7 +73,7 @@ pub(crate) unsafe fn pack_a_panel<const MR: usize>(
 ///
 /// # Safety
 /// As for [`pack_a_panel`].
-#[cfg(target_arch = "x86_64")]
+#[cfg(x86_simd)]
 #[inline(always)]
 unsafe fn pack_a_rows_4x4<const MR: usize>(a: Strided, rows: usize, kc: usize, dst: &mut [f32]) {
     use std::arch::x86_64::*;
