@@ -268,11 +268,13 @@ struct TileScratch {
     ws: kernels::GemmWorkspace,
 }
 
-/// Reusable buffers of [`prefill_attention`]: one tile scratch per worker thread; they grow to
-/// the largest chunk seen.
+/// Reusable buffers of [`prefill_attention`]: one tile scratch per worker thread, and the list
+/// of cached positions; they grow to the largest chunk (and cache) seen, after which a prefill
+/// allocates nothing.
 #[derive(Default)]
 pub struct PrefillScratch {
     workers: Vec<std::sync::Mutex<TileScratch>>,
+    cached: Vec<(usize, usize)>,
 }
 
 impl PrefillScratch {
@@ -386,8 +388,12 @@ pub fn prefill_attention(
     check_eq("out length vs T * heads * head_dim", t * qrow, out.len())?;
     let p0 = cache.layer_position(layer)?;
     let (cap, sinks) = (cache.config().capacity, cache.config().sinks);
-    let mut cached: Vec<(usize, usize)> = cache.positions_at(p0).into_iter().enumerate().collect();
-    cached.sort_unstable_by_key(|&(_, pos)| pos);
+    // (slot, position) of what the cache holds, in position order.
+    scratch.cached.clear();
+    scratch
+        .cached
+        .extend(cache.held_at(p0).map(|pos| (cache.slot_of(pos), pos)));
+    let cached = &scratch.cached;
     let bf16 = cache.config().dtype == kernels::KvDtype::Bf16;
 
     let tiles = t.div_ceil(PREFILL_TILE);
@@ -414,7 +420,7 @@ pub fn prefill_attention(
         ts.values.clear();
         // Keys any query of the tile can see, in position order: cached slots, then the
         // chunk's own rows (all later than anything cached).
-        for &(slot, pos) in &cached {
+        for &(slot, pos) in cached {
             if visible(last, pos, cap, sinks) || visible(first, pos, cap, sinks) {
                 ts.positions.push(pos);
                 push_stored(

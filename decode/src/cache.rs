@@ -172,12 +172,17 @@ impl KvCache {
 
     pub(crate) fn positions_at(&self, next: usize) -> Vec<usize> {
         let mut out = vec![0; self.len_at(next)];
-        let held = (0..self.cfg.sinks.min(next))
-            .chain(self.window_start(next).max(self.cfg.sinks.min(next))..next);
-        for p in held {
+        for p in self.held_at(next) {
             out[self.slot_of(p)] = p;
         }
         out
+    }
+
+    /// The positions held when `next` is the next one, in increasing order (the sinks, then
+    /// the window), without allocating.
+    pub(crate) fn held_at(&self, next: usize) -> impl Iterator<Item = usize> + use<> {
+        let sinks = self.cfg.sinks.min(next);
+        (0..sinks).chain(self.window_start(next).max(sinks)..next)
     }
 
     /// Forgets every position (storage is kept, not cleared).
