@@ -235,6 +235,67 @@ fn hot_loops_allocate_nothing() {
         );
     }
 
+    // One KV head over 1100+ cached positions: on two threads the decode step splits the
+    // sequence (flash-decoding) and merges the parts.
+    let heads = HeadConfig {
+        heads: 4,
+        kv_heads: 1,
+        head_dim: 32,
+    };
+    let cfg = LayerConfig {
+        d_model: 32,
+        heads,
+        rope: None,
+    };
+    let layer = AttentionLayer::new(
+        cfg,
+        LayerWeights {
+            w_q: random_vec(&mut rng, 32 * 128),
+            w_k: random_vec(&mut rng, 32 * 32),
+            w_v: random_vec(&mut rng, 32 * 32),
+            w_o: None,
+        },
+    )
+    .unwrap();
+    let mut cache = KvCache::new(CacheConfig {
+        layers: 1,
+        kv_heads: 1,
+        head_dim: 32,
+        capacity: 2048,
+        sinks: 0,
+        dtype: KvDtype::F32,
+    })
+    .unwrap();
+    let mut scratch = LayerScratch::new(&cfg, 2).unwrap();
+    let prompt = random_vec(&mut rng, 1100 * 32);
+    let mut prompt_out = vec![0.0; 1100 * 128];
+    layer
+        .prefill(
+            &Exec::new(),
+            &mut cache,
+            0,
+            &prompt,
+            &mut prompt_out,
+            &mut scratch,
+        )
+        .unwrap();
+    assert_eq!(
+        decode::choose_splits(&heads, 1100, 2, 2),
+        2,
+        "the case below must split"
+    );
+    let x = random_vec(&mut rng, 32);
+    let mut out = vec![0.0; 128];
+    check_steady_state(
+        "decode step over 1100+ positions (split on 2 threads)",
+        |exec| {
+            layer
+                .decode(exec, &mut cache, 0, &x, &mut out, &mut scratch)
+                .unwrap()
+        },
+        &mut failures,
+    );
+
     assert!(
         failures.is_empty(),
         "allocations in steady state:\n{}",
