@@ -99,6 +99,34 @@ fn check_steady_state(what: &str, mut call: impl FnMut(&Exec) + Send, failures: 
     }
 }
 
+/// A layer of `cfg` with random weights (W_O included when `with_out`), and a one-layer cache
+/// for it.
+fn layer_and_cache(
+    rng: &mut impl rand::Rng,
+    cfg: LayerConfig,
+    with_out: bool,
+    (capacity, sinks, dtype): (usize, usize, KvDtype),
+) -> (AttentionLayer, KvCache) {
+    let h = cfg.heads;
+    let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
+    let weights = LayerWeights {
+        w_q: random_vec(rng, cfg.d_model * qw),
+        w_k: random_vec(rng, cfg.d_model * kw),
+        w_v: random_vec(rng, cfg.d_model * kw),
+        w_o: with_out.then(|| random_vec(rng, qw * cfg.d_model)),
+    };
+    let cache = KvCache::new(CacheConfig {
+        layers: 1,
+        kv_heads: h.kv_heads,
+        head_dim: h.head_dim,
+        capacity,
+        sinks,
+        dtype,
+    })
+    .unwrap();
+    (AttentionLayer::new(cfg, weights).unwrap(), cache)
+}
+
 #[test]
 fn hot_loops_allocate_nothing() {
     let mut rng = rng(41);
@@ -190,26 +218,7 @@ fn hot_loops_allocate_nothing() {
             heads,
             rope: Some(Rope::default()),
         };
-        let (qw, kw) = (
-            heads.heads * heads.head_dim,
-            heads.kv_heads * heads.head_dim,
-        );
-        let weights = LayerWeights {
-            w_q: random_vec(&mut rng, 96 * qw),
-            w_k: random_vec(&mut rng, 96 * kw),
-            w_v: random_vec(&mut rng, 96 * kw),
-            w_o: Some(random_vec(&mut rng, qw * 96)),
-        };
-        let layer = AttentionLayer::new(cfg, weights).unwrap();
-        let mut cache = KvCache::new(CacheConfig {
-            layers: 1,
-            kv_heads: heads.kv_heads,
-            head_dim: heads.head_dim,
-            capacity: 12,
-            sinks: 2,
-            dtype,
-        })
-        .unwrap();
+        let (layer, mut cache) = layer_and_cache(&mut rng, cfg, true, (12, 2, dtype));
         let mut scratch = LayerScratch::new(&cfg, 2).unwrap();
         let x = random_vec(&mut rng, 96);
         let mut out = vec![0.0; 96];
@@ -247,25 +256,7 @@ fn hot_loops_allocate_nothing() {
         heads,
         rope: None,
     };
-    let layer = AttentionLayer::new(
-        cfg,
-        LayerWeights {
-            w_q: random_vec(&mut rng, 32 * 128),
-            w_k: random_vec(&mut rng, 32 * 32),
-            w_v: random_vec(&mut rng, 32 * 32),
-            w_o: None,
-        },
-    )
-    .unwrap();
-    let mut cache = KvCache::new(CacheConfig {
-        layers: 1,
-        kv_heads: 1,
-        head_dim: 32,
-        capacity: 2048,
-        sinks: 0,
-        dtype: KvDtype::F32,
-    })
-    .unwrap();
+    let (layer, mut cache) = layer_and_cache(&mut rng, cfg, false, (2048, 0, KvDtype::F32));
     let mut scratch = LayerScratch::new(&cfg, 2).unwrap();
     let prompt = random_vec(&mut rng, 1100 * 32);
     let mut prompt_out = vec![0.0; 1100 * 128];
