@@ -184,31 +184,57 @@ impl Simd for Avx2 {
         })
     }
 
+    const HAS_TRANSPOSE_SUM8: bool = true;
+    #[inline(always)]
+    fn transpose_sum8(self, v: &[__m256; 8]) -> __m256 {
+        v!({
+            // 8 → 4: within each 128-bit half, [a0+a1, a2+a3, b0+b1, b2+b3] for pairs (a, b).
+            let mut t = [_mm256_setzero_ps(); 4];
+            for (i, ti) in t.iter_mut().enumerate() {
+                *ti = _mm256_hadd_ps(v[2 * i], v[2 * i + 1]);
+            }
+            // 4 → 2: each half holds that half's sums of four inputs.
+            let lo = _mm256_hadd_ps(t[0], t[1]);
+            let hi = _mm256_hadd_ps(t[2], t[3]);
+            // Inputs 0..4 from `lo`, 4..8 from `hi`: add the two halves of each.
+            _mm256_add_ps(
+                _mm256_permute2f128_ps::<0x20>(lo, hi),
+                _mm256_permute2f128_ps::<0x31>(lo, hi),
+            )
+        })
+    }
+
     #[inline(always)]
     unsafe fn transpose_block(self, src: *const f32, ld: usize, dst: *mut f32, ldd: usize) {
-        // SAFETY: the caller vouches for 8 rows of 8 readable floats at `src` and 8 rows of 8
-        // writable ones at `dst`.
-        let r: [__m256; 8] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(src.add(i * ld)) });
+        // Loops, not `from_fn`: a closure LLVM declines to inline is compiled without AVX2
+        // (see `transpose_sum16` on AVX-512).
+        let mut r = [v!(_mm256_setzero_ps()); 8];
+        for (i, ri) in r.iter_mut().enumerate() {
+            // SAFETY: the caller vouches for 8 rows of 8 readable floats at `src`.
+            *ri = unsafe { _mm256_loadu_ps(src.add(i * ld)) };
+        }
         let out = v!({
             // Pairs of rows interleaved within each 128-bit half.
-            let t: [__m256; 8] = std::array::from_fn(|i| {
+            let mut t = [_mm256_setzero_ps(); 8];
+            for (i, ti) in t.iter_mut().enumerate() {
                 let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
-                if i % 2 == 0 {
+                *ti = if i % 2 == 0 {
                     _mm256_unpacklo_ps(a, b)
                 } else {
                     _mm256_unpackhi_ps(a, b)
-                }
-            });
+                };
+            }
             // Quads: in each half k of u[4g + e], rows 4g..4g+3 at column 4k + e.
-            let u: [__m256; 8] = std::array::from_fn(|i| {
+            let mut u = [_mm256_setzero_ps(); 8];
+            for (i, ui) in u.iter_mut().enumerate() {
                 let (g, e) = (i / 4, i % 4);
                 let (x, y) = (t[4 * g + e / 2], t[4 * g + 2 + e / 2]);
-                if e % 2 == 0 {
+                *ui = if e % 2 == 0 {
                     _mm256_shuffle_ps::<0b01_00_01_00>(x, y)
                 } else {
                     _mm256_shuffle_ps::<0b11_10_11_10>(x, y)
-                }
-            });
+                };
+            }
             // Output row 4k + e: half k of quad 0, then half k of quad 1.
             let mut out = [_mm256_setzero_ps(); 8];
             for e in 0..4 {
@@ -218,7 +244,7 @@ impl Simd for Avx2 {
             out
         });
         for (c, v) in out.iter().enumerate() {
-            // SAFETY: row `c < 8` of the destination block.
+            // SAFETY: row `c < 8` of the destination block, which the caller vouches for.
             unsafe { _mm256_storeu_ps(dst.add(c * ldd), *v) };
         }
     }
@@ -303,6 +329,29 @@ mod tests {
     use super::*;
 
     /// `transpose_block` against the element-by-element definition, with padded strides.
+    #[test]
+    fn transpose_sum8_sums_each_vector_into_its_lane() {
+        let Some(s) = Avx2::try_new() else {
+            eprintln!("AVX2 not available: skipped");
+            return;
+        };
+        // Vector i holds 100·i + lane: any mix-up of vectors or lanes changes a sum.
+        let data: Vec<f32> = (0..64).map(|x| (100 * (x / 8) + x % 8) as f32).collect();
+        let mut got = [0.0f32; 8];
+        s.vectorize(|| {
+            let mut v = [s.zero(); 8];
+            for (i, vi) in v.iter_mut().enumerate() {
+                // SAFETY: `data` holds 8 vectors of 8 floats.
+                *vi = unsafe { s.load(data.as_ptr().add(8 * i)) };
+            }
+            // SAFETY: `got` holds 8 floats.
+            unsafe { s.store(got.as_mut_ptr(), s.transpose_sum8(&v)) };
+        });
+        for (i, g) in got.iter().enumerate() {
+            assert_eq!(*g, (800 * i + 28) as f32, "lane {i}");
+        }
+    }
+
     #[test]
     fn transpose_block_matches_scalar() {
         let Some(s) = Avx2::try_new() else {

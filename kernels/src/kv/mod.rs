@@ -4,8 +4,8 @@
 //! row is read once, in memory order; arithmetic is always f32 (bf16 widens exactly).
 //!
 //! - `types`: [`Bf16`], [`KvDtype`], [`KvRows`] and how each storage type loads as f32 vectors;
-//! - `scores`: the q·k dot products (per head, or 16 (row, head) pairs through one shared
-//!   transposed reduction);
+//! - `scores`: the q·k dot products (per head, or 16 (row, head) pairs, 8 on AVX2, through one
+//!   shared transposed reduction);
 //! - `values`: the weighted sums of value rows (up to four heads sharing each loaded row);
 //! - `attend`: the block loop tying them to the online softmax.
 
