@@ -3,19 +3,21 @@
 //! bytes, timed in alternating rounds in one process; prints the median per-round ratio. On a
 //! shared machine this is steadier than comparing medians taken at different moments.
 //!
-//! `cargo run --release -p kernels --example attend_vs_sum -- [L=4096] [rounds=100]`
-use kernels::{Exec, KvRows, OnlineSoftmax};
+//! `cargo run --release -p kernels --example attend_vs_sum -- [L=4096] [rounds=100] [isa]`
+use kernels::{Exec, Isa, KvRows, OnlineSoftmax};
 use std::time::Instant;
 
 fn main() {
-    let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
-    let rows = args.next().unwrap_or(Ok(4096)).expect("L: a row count");
-    let rounds = args
-        .next()
-        .unwrap_or(Ok(100))
-        .expect("rounds: a count")
-        .max(1);
-    let exec = Exec::new();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let count = |i: usize, default: usize| {
+        args.get(i)
+            .map_or(default, |a| a.parse().expect("a row or round count"))
+    };
+    let (rows, rounds) = (count(0, 4096), count(1, 100).max(1));
+    let isa = args
+        .get(2)
+        .map_or(Isa::detected(), |a| a.parse().expect("an ISA name"));
+    let exec = Exec::new().with_isa(isa).expect("an ISA this CPU has");
     let (d, g, heads) = (128, 4, 8);
     let mut kv = kernels::LargeBuffer::<f32>::zeroed(2 * heads * rows * d).expect("allocation");
     // Pseudo-random contents: zero pages would be read from one physical page.

@@ -176,7 +176,7 @@ fn attend_blocks<S: Simd, T: Elem, const PERM: bool>(
             &keys[b0 * d..(b0 + rows) * d],
             &values[b0 * d..(b0 + rows) * d],
         );
-        dot_rows_group::<S, T, PERM>(s, q, kb, d, rows, block, scale, scores);
+        dot_rows_group::<S, T, PERM>(s, q, kb, vb, d, rows, block, scale, scores);
         for (h, state) in states.iter_mut().enumerate() {
             let factor = state.absorb_in(s, &mut scores[h * block..h * block + rows]);
             if factor != 1.0 {

@@ -108,6 +108,14 @@ pub(super) const PREFETCH_L2_BYTES: usize = 16384;
 /// See [`PREFETCH_L2_BYTES`].
 pub(super) const PREFETCH_L1_BYTES: usize = 1024;
 
+/// Asks the `bytes` bytes at `row` into L2, one hint per cache line.
+#[inline(always)]
+pub(super) fn prefetch_l2_now(row: *const u8, bytes: usize) {
+    for off in (0..bytes).step_by(64) {
+        prefetch_l2(row.wrapping_add(off));
+    }
+}
+
 /// Prefetches the `bytes` bytes that lie [`PREFETCH_L2_BYTES`] after `row` into L2 and those
 /// [`PREFETCH_L1_BYTES`] after it into L1, one hint per cache line each.
 #[inline(always)]

@@ -1,18 +1,21 @@
 //! Scores: `scale · K·q` for one or several query heads, each key row read once.
 
-use super::prefetch_ahead;
 use super::types::Elem;
+use super::{prefetch_ahead, prefetch_l2_now};
 use crate::arch::Simd;
 
 /// `scores[h·block + r] = scale · (q_h · kb[r])` for every head `h` of the group and row `r`.
 /// Each key row is loaded (and widened, for bf16) once into registers and reused by every
-/// head, when the head fits in 8 vectors; other head sizes take the per-head path.
+/// head, when the head fits in 8 vectors; other head sizes take the per-head path. `vb`: the
+/// block's value rows, which the 8-lane path asks into L2 as it scores the key rows (see
+/// [`dot_rows_transposed8`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
     s: S,
     q: &[f32],
     kb: &[T],
+    vb: &[T],
     d: usize,
     rows: usize,
     block: usize,
@@ -35,18 +38,18 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
             // heads·d from head h0 on, `sc` (heads−1)·block + rows; rows ≤ block.
             unsafe {
                 match heads {
-                    4 => {
-                        dot_rows_transposed8::<S, T, PERM, 4>(s, qg, kb, d, rows, block, scale, sc)
-                    }
-                    3 => {
-                        dot_rows_transposed8::<S, T, PERM, 3>(s, qg, kb, d, rows, block, scale, sc)
-                    }
-                    2 => {
-                        dot_rows_transposed8::<S, T, PERM, 2>(s, qg, kb, d, rows, block, scale, sc)
-                    }
-                    _ => {
-                        dot_rows_transposed8::<S, T, PERM, 1>(s, qg, kb, d, rows, block, scale, sc)
-                    }
+                    4 => dot_rows_transposed8::<S, T, PERM, 4>(
+                        s, qg, kb, vb, d, rows, block, scale, sc,
+                    ),
+                    3 => dot_rows_transposed8::<S, T, PERM, 3>(
+                        s, qg, kb, vb, d, rows, block, scale, sc,
+                    ),
+                    2 => dot_rows_transposed8::<S, T, PERM, 2>(
+                        s, qg, kb, vb, d, rows, block, scale, sc,
+                    ),
+                    _ => dot_rows_transposed8::<S, T, PERM, 1>(
+                        s, qg, kb, vb, d, rows, block, scale, sc,
+                    ),
                 }
             }
             h0 += heads;
@@ -246,7 +249,13 @@ unsafe fn dot_rows_transposed<
 /// registers, each step loading two vectors of each key row (widened once) and taking q from
 /// memory, and one [`Simd::transpose_sum8`] turns them into 8 scores, head-major: ~21
 /// operations per 8 scores instead of ~6 per score. A last group of fewer rows repeats its
-/// last row and keeps only the valid scores. AVX2, `attend_partial` over 8 KV heads,
+/// last row and keeps only the valid scores. The value rows of the block (`vb`, same
+/// indices) are asked into L2 alongside: the value pass that follows walks each row 8 times
+/// (two vectors at a time), too fast for its own prefetches to cover DRAM latency. In-process,
+/// AVX2, against a sum over the same bytes (`examples/attend_vs_sum`-style, two runs each):
+/// 79% → 85–87% with the cache in DRAM (128 MiB), 58–60% → 57–58% in the LLC (32 MiB); the
+/// same on AVX-512 (two value passes) measured 0.97–1.0× from DRAM and 0.92× in the LLC, so
+/// only this path does it. AVX2, `attend_partial` over 8 KV heads,
 /// in-process against the paths it replaced: head_dim 128 with 4 heads per KV head 0.90–0.98×
 /// the time (f32, bf16; caches in L2 or the LLC), 1 or 2 heads 0.96–1.0×; head_dim 80
 /// 0.67–0.68× (one head at a time before); head_dim 96 with 3 heads 0.83–0.91×.
@@ -260,6 +269,7 @@ unsafe fn dot_rows_transposed8<S: Simd, T: Elem, const PERM: bool, const G: usiz
     s: S,
     q: &[f32],
     kb: &[T],
+    vb: &[T],
     d: usize,
     rows: usize,
     block: usize,
@@ -270,15 +280,25 @@ unsafe fn dot_rows_transposed8<S: Simd, T: Elem, const PERM: bool, const G: usiz
     let per = 8 / G;
     debug_assert!(lanes == 8 && d.is_multiple_of(2 * lanes));
     debug_assert!(
-        kb.len() >= rows * d && q.len() >= G * d && scores.len() + block >= G * block + rows
+        kb.len() >= rows * d
+            && vb.len() >= rows * d
+            && q.len() >= G * d
+            && scores.len() + block >= G * block + rows
     );
     let mut r0 = 0;
     // SAFETY: every offset below stays inside the lengths the caller vouched for.
     unsafe {
         // Whole groups: the row count and the score copies are constants.
         while r0 + per <= rows {
-            let out =
-                transposed8_group::<S, T, PERM, G>(s, q, kb.as_ptr().add(r0 * d), d, per, scale);
+            let out = transposed8_group::<S, T, PERM, G>(
+                s,
+                q,
+                kb.as_ptr().add(r0 * d),
+                vb.as_ptr().add(r0 * d),
+                d,
+                per,
+                scale,
+            );
             for h in 0..G {
                 scores[h * block + r0..h * block + r0 + per]
                     .copy_from_slice(&out[h * per..(h + 1) * per]);
@@ -287,8 +307,15 @@ unsafe fn dot_rows_transposed8<S: Simd, T: Elem, const PERM: bool, const G: usiz
         }
         if r0 < rows {
             let valid = rows - r0;
-            let out =
-                transposed8_group::<S, T, PERM, G>(s, q, kb.as_ptr().add(r0 * d), d, valid, scale);
+            let out = transposed8_group::<S, T, PERM, G>(
+                s,
+                q,
+                kb.as_ptr().add(r0 * d),
+                vb.as_ptr().add(r0 * d),
+                d,
+                valid,
+                scale,
+            );
             for h in 0..G {
                 for r in 0..valid {
                     scores[h * block + r0 + r] = out[h * per + r];
@@ -299,15 +326,18 @@ unsafe fn dot_rows_transposed8<S: Simd, T: Elem, const PERM: bool, const G: usiz
 }
 
 /// The scores of one group of [`dot_rows_transposed8`]: `8/G` rows from `rows` (the last
-/// repeated past `valid`) against the `G` heads, times `scale`, head-major.
+/// repeated past `valid`) against the `G` heads, times `scale`, head-major; the same rows of
+/// `values` are asked into L2.
 ///
 /// # Safety
-/// `rows` points at `valid ≥ 1` rows of `d` elements; `q` holds `G·d`.
+/// `rows` points at `valid ≥ 1` rows of `d` elements; `q` holds `G·d`. (`values` is only
+/// prefetched, which never faults.)
 #[inline(always)]
 unsafe fn transposed8_group<S: Simd, T: Elem, const PERM: bool, const G: usize>(
     s: S,
     q: &[f32],
     rows: *const T,
+    values: *const T,
     d: usize,
     valid: usize,
     scale: f32,
@@ -318,7 +348,9 @@ unsafe fn transposed8_group<S: Simd, T: Elem, const PERM: bool, const G: usize>(
     // SAFETY: rows `r.min(valid − 1) < valid` and q's `G·d` floats, as the caller vouched.
     unsafe {
         for r in 0..per {
-            prefetch_ahead(rows.add(r.min(valid - 1) * d) as *const u8, row_bytes);
+            let at = r.min(valid - 1) * d;
+            prefetch_ahead(rows.add(at) as *const u8, row_bytes);
+            prefetch_l2_now(values.wrapping_add(at) as *const u8, row_bytes);
         }
         let mut acc = [s.zero(); 8];
         for v in (0..d).step_by(2 * lanes) {
