@@ -336,7 +336,7 @@ fn to_bf16_matches_from_f32() {
 fn attend_partial_against_f64() {
     let mut r = rng(77);
     for exec in isa_execs() {
-        for &g in &[1usize, 2, 3, 4, 5, 8, 12] {
+        for &g in &[1usize, 2, 3, 4, 5, 7, 8, 12] {
             // 128 and 256: the chunked group path (8-lane paths; 16-lane from 256).
             for &d in &[16usize, 20, 64, 80, 128, 256] {
                 for &n in &[0usize, 1, 7, 600] {

@@ -59,19 +59,16 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
     macro_rules! fixed {
         ($v:literal) => {{
             let d = $v * S::LANES;
-            // On 16-lane paths, heads in groups of eight, then the rest if it is 1–4 heads:
-            // each group's whole sets of 16/heads rows go through the shared transposed
-            // reduction, its last rows through the per-pair one. A rest of 5–7 heads (or every
-            // head, on other paths) takes the per-pair reduction throughout: split as 4 + 1,
-            // 4 + 2 or 4 + 3 it measured 0.98–1.10× the time at head_dim 128 (each group reads
-            // the key block again), against 0.90–0.94× for one group of 3 or 8.
+            // On 16-lane paths, heads in groups of up to eight, one group for the rest: each
+            // group's whole sets of 16/heads rows go through the shared transposed reduction,
+            // its last rows through the per-pair one (which other paths take throughout).
+            // Against the per-pair reduction, in-process at head_dim 128 / 64: one group of 3
+            // heads 0.90–1.0× / 0.80–0.97× the time, 5–7 heads 0.84–0.995× / 0.83–0.95×, 8
+            // heads 0.90–0.94×; splitting 5–7 heads as 4 + 1..3 instead measured 0.98–1.10×
+            // (each group reads the key block again).
             let mut h0 = 0;
             while S::HAS_TRANSPOSE_SUM16 && $v % 2 == 0 && h0 < g {
-                let heads = match g - h0 {
-                    n @ 1..=4 => n,
-                    5..=7 => break,
-                    _ => 8,
-                };
+                let heads = (g - h0).min(8);
                 let done = rows / (16 / heads) * (16 / heads);
                 let (qg, sc) = (&q[h0 * d..], &mut scores[h0 * block..]);
                 // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `qg` heads·d from head h0
@@ -88,6 +85,15 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
                             s, qg, kb, done, block, scale, sc,
                         ),
                         4 => dot_rows_transposed::<S, T, $v, PERM, 4>(
+                            s, qg, kb, done, block, scale, sc,
+                        ),
+                        5 => dot_rows_transposed::<S, T, $v, PERM, 5>(
+                            s, qg, kb, done, block, scale, sc,
+                        ),
+                        6 => dot_rows_transposed::<S, T, $v, PERM, 6>(
+                            s, qg, kb, done, block, scale, sc,
+                        ),
+                        7 => dot_rows_transposed::<S, T, $v, PERM, 7>(
                             s, qg, kb, done, block, scale, sc,
                         ),
                         _ => dot_rows_transposed::<S, T, $v, PERM, 8>(
@@ -173,8 +179,8 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
     }
 }
 
-/// [`dot_rows_group`] for `rows` (a multiple of 16/G) rows and `G` heads (1, 2, 3, 4 or 8) of
-/// exactly `V` vectors, 16 (row, head) pairs at a time (15 for three heads): their partial
+/// [`dot_rows_group`] for `rows` (a multiple of 16/G) rows and `G` heads (1 to 8) of exactly
+/// `V` vectors, G·⌊16/G⌋ (row, head) pairs at a time (15 for three heads): their partial
 /// products accumulate lane-wise in 16 registers (two key vectors and 2·G query vectors live
 /// at once; with 8 heads some of q is reloaded), and one [`Simd::transpose_sum16`] turns them
 /// into 16 scores, head-major, each head's run of 16/G scores copied out together.
