@@ -596,23 +596,15 @@ unsafe fn exp_short_row_with<S: Simd, const FORM: ExponentForm>(
         // the sums in memory.
         while i + 2 * lanes <= full {
             for (u, p) in part.iter_mut().enumerate() {
-                let x = s.load(src.add(i + u * lanes));
-                let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
-                s.store(dst.add(i + u * lanes), e);
-                *p = s.add(*p, e);
+                *p = s.add(*p, weights_at::<S, FORM>(s, src, dst, i + u * lanes, k));
             }
             i += 2 * lanes;
         }
         if i < full {
-            let e = s.exp2_nonpositive(exponent::<S, FORM>(s, s.load(src.add(i)), k));
-            s.store(dst.add(i), e);
-            part[0] = s.add(part[0], e);
+            part[0] = s.add(part[0], weights_at::<S, FORM>(s, src, dst, i, k));
         }
         if full < n {
-            let x = load_padded(s, src.add(full), n - full);
-            let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
-            s.store_partial(dst.add(full), n - full, e);
-            part[1] = s.add(part[1], e);
+            part[1] = s.add(part[1], tail_weights::<S, FORM>(s, src, dst, full, n, k));
         }
     }
     s.reduce_add(s.add(part[0], part[1]))
@@ -648,6 +640,49 @@ fn exponent<S: Simd, const FORM: ExponentForm>(s: S, x: S::V, k: [S::V; 3]) -> S
         FUSED => s.fmadd(x, k[1], k[0]),
         SPLIT => s.mul(s.mul(s.add(x, k[0]), k[1]), k[2]),
         _ => s.mul(s.add(x, k[0]), k[1]),
+    }
+}
+
+/// Writes the weights `2^t` of the vector at float `i` of `src` to `dst` and returns them.
+///
+/// # Safety
+/// `src + i .. + LANES` readable, `dst + i .. + LANES` writable.
+#[inline(always)]
+unsafe fn weights_at<S: Simd, const FORM: ExponentForm>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    i: usize,
+    k: [S::V; 3],
+) -> S::V {
+    // SAFETY: the caller's ranges.
+    unsafe {
+        let e = s.exp2_nonpositive(exponent::<S, FORM>(s, s.load(src.add(i)), k));
+        s.store(dst.add(i), e);
+        e
+    }
+}
+
+/// [`weights_at`] for the `n − full < LANES` floats after `full`; the padding lanes are −∞,
+/// whose weight is 0.
+///
+/// # Safety
+/// `src + full .. src + n` readable, `dst + full .. dst + n` writable.
+#[inline(always)]
+unsafe fn tail_weights<S: Simd, const FORM: ExponentForm>(
+    s: S,
+    src: *const f32,
+    dst: *mut f32,
+    full: usize,
+    n: usize,
+    k: [S::V; 3],
+) -> S::V {
+    // SAFETY: the caller's ranges.
+    unsafe {
+        let x = load_padded(s, src.add(full), n - full);
+        let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
+        s.store_partial(dst.add(full), n - full, e);
+        e
     }
 }
 
@@ -704,9 +739,7 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const ALONG: A
             for u in 0..8 {
                 let at = i + u * lanes;
                 next_max[u % 2] = s.max(next_max[u % 2], s.load(next.add(at)));
-                let e = s.exp2_nonpositive(exponent::<S, FORM>(s, s.load(src.add(at)), k));
-                s.store(dst.add(at), e);
-                part[u % 2] = s.add(part[u % 2], e);
+                part[u % 2] = s.add(part[u % 2], weights_at::<S, FORM>(s, src, dst, at, k));
             }
             acc = [acc[1], s.acc64_add(acc[0], s.add(part[0], part[1]))];
             i += 8 * lanes;
@@ -719,9 +752,7 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const ALONG: A
                 }
             }
             for u in 0..8 {
-                let x = s.load(src.add(i + u * lanes));
-                let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
-                s.store(dst.add(i + u * lanes), e);
+                let e = weights_at::<S, FORM>(s, src, dst, i + u * lanes, k);
                 part[u % 2] = s.add(part[u % 2], e);
             }
             // Swapping (free: registers are renamed) rather than indexing by block parity,
@@ -733,16 +764,11 @@ unsafe fn exp_shifted_sum_with<S: Simd, const FORM: ExponentForm, const ALONG: A
         // is, and widened once.
         let mut part = s.zero();
         while i < full {
-            let e = s.exp2_nonpositive(exponent::<S, FORM>(s, s.load(src.add(i)), k));
-            s.store(dst.add(i), e);
-            part = s.add(part, e);
+            part = s.add(part, weights_at::<S, FORM>(s, src, dst, i, k));
             i += lanes;
         }
         if full < n {
-            let x = load_padded(s, src.add(full), n - full);
-            let e = s.exp2_nonpositive(exponent::<S, FORM>(s, x, k));
-            s.store_partial(dst.add(full), n - full, e);
-            part = s.add(part, e);
+            part = s.add(part, tail_weights::<S, FORM>(s, src, dst, full, n, k));
         }
         if !n.is_multiple_of(8 * lanes) {
             acc[1] = s.acc64_add(acc[1], part);

@@ -4,6 +4,20 @@ use super::types::Elem;
 use super::{prefetch_ahead, prefetch_l2_now};
 use crate::arch::Simd;
 
+/// Evaluates `$call`, generic over a head count `$g`, with `$g` the const equal to the run-time
+/// `$heads` (one of the listed counts): the one place group sizes become types.
+macro_rules! for_heads {
+    ($heads:expr, [$($n:literal),+], |$g:ident| $call:expr) => {
+        match $heads {
+            $($n => {
+                const $g: usize = $n;
+                $call
+            })+
+            other => unreachable!("no instantiation for a group of {other} heads"),
+        }
+    };
+}
+
 /// `scores[h·block + r] = scale · (q_h · kb[r])` for every head `h` of the group and row `r`.
 /// Each key row is loaded (and widened, for bf16) once into registers and reused by every
 /// head, when the head fits in 8 vectors; other head sizes take the per-head path. `vb`: the
@@ -29,29 +43,13 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
         // 2 + 1, which reads the key block twice, 0.85–0.90× the time at head_dim 128).
         let mut h0 = 0;
         while h0 < g {
-            let heads = match g - h0 {
-                n @ 1..=3 => n,
-                _ => 4,
-            };
+            let heads = (g - h0).min(4);
             let (qg, sc) = (&q[h0 * d..], &mut scores[h0 * block..]);
-            // SAFETY: LANES = 8 and d is a multiple of 16; `kb` holds rows·d elements, `qg`
-            // heads·d from head h0 on, `sc` (heads−1)·block + rows; rows ≤ block.
-            unsafe {
-                match heads {
-                    4 => dot_rows_transposed8::<S, T, PERM, 4>(
-                        s, qg, kb, vb, d, rows, block, scale, sc,
-                    ),
-                    3 => dot_rows_transposed8::<S, T, PERM, 3>(
-                        s, qg, kb, vb, d, rows, block, scale, sc,
-                    ),
-                    2 => dot_rows_transposed8::<S, T, PERM, 2>(
-                        s, qg, kb, vb, d, rows, block, scale, sc,
-                    ),
-                    _ => dot_rows_transposed8::<S, T, PERM, 1>(
-                        s, qg, kb, vb, d, rows, block, scale, sc,
-                    ),
-                }
-            }
+            // SAFETY: LANES = 8 and d is a multiple of 16; `kb` and `vb` hold rows·d elements,
+            // `qg` heads·d from head h0 on, `sc` (heads−1)·block + rows; rows ≤ block.
+            for_heads!(heads, [1, 2, 3, 4], |G| unsafe {
+                dot_rows_transposed8::<S, T, PERM, G>(s, qg, kb, vb, d, rows, block, scale, sc)
+            });
             h0 += heads;
         }
         return;
@@ -66,67 +64,38 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
             // heads 0.90–1.0× / 0.80–0.97× the time, 5–7 heads 0.84–0.995× / 0.83–0.95×, 8
             // heads 0.90–0.94×; splitting 5–7 heads as 4 + 1..3 instead measured 0.98–1.10×
             // (each group reads the key block again).
-            let mut h0 = 0;
-            while S::HAS_TRANSPOSE_SUM16 && $v % 2 == 0 && h0 < g {
-                let heads = (g - h0).min(8);
-                let done = rows / (16 / heads) * (16 / heads);
-                let (qg, sc) = (&q[h0 * d..], &mut scores[h0 * block..]);
-                // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `qg` heads·d from head h0
-                // on, `sc` (heads−1)·block + rows; done ≤ rows ≤ block.
+            if !(S::HAS_TRANSPOSE_SUM16 && $v % 2 == 0) {
+                // SAFETY: `kb` holds rows·d elements, `q` g·d, `scores` (g−1)·block + rows.
                 unsafe {
-                    match heads {
-                        1 => dot_rows_transposed::<S, T, $v, PERM, 1>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        2 => dot_rows_transposed::<S, T, $v, PERM, 2>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        3 => dot_rows_transposed::<S, T, $v, PERM, 3>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        4 => dot_rows_transposed::<S, T, $v, PERM, 4>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        5 => dot_rows_transposed::<S, T, $v, PERM, 5>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        6 => dot_rows_transposed::<S, T, $v, PERM, 6>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        7 => dot_rows_transposed::<S, T, $v, PERM, 7>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                        _ => dot_rows_transposed::<S, T, $v, PERM, 8>(
-                            s, qg, kb, done, block, scale, sc,
-                        ),
-                    }
-                    dot_rows_group_fixed::<S, T, $v, PERM>(
-                        s,
-                        qg,
-                        &kb[done * d..],
-                        heads,
-                        rows - done,
-                        block,
-                        scale,
-                        &mut sc[done..],
-                    )
+                    dot_rows_group_fixed::<S, T, $v, PERM>(s, q, kb, g, rows, block, scale, scores)
                 }
-                h0 += heads;
-            }
-            if h0 < g {
-                // SAFETY: `kb` holds rows·d elements, `q` from head h0 on (g−h0)·d, `scores`
-                // from head h0 on (g−h0−1)·block + rows.
-                unsafe {
-                    dot_rows_group_fixed::<S, T, $v, PERM>(
-                        s,
-                        &q[h0 * d..],
-                        kb,
-                        g - h0,
-                        rows,
-                        block,
-                        scale,
-                        &mut scores[h0 * block..],
-                    )
+            } else {
+                let mut h0 = 0;
+                while h0 < g {
+                    let heads = (g - h0).min(8);
+                    let done = rows / (16 / heads) * (16 / heads);
+                    let (qg, sc) = (&q[h0 * d..], &mut scores[h0 * block..]);
+                    // SAFETY: d = $v·LANES, `kb` holds rows·d elements, `qg` heads·d from head
+                    // h0 on, `sc` (heads−1)·block + rows; done ≤ rows ≤ block.
+                    for_heads!(heads, [1, 2, 3, 4, 5, 6, 7, 8], |G| unsafe {
+                        dot_rows_transposed::<S, T, $v, PERM, G>(
+                            s, qg, kb, done, block, scale, sc,
+                        )
+                    });
+                    // SAFETY: as above, for rows done.. of the group.
+                    unsafe {
+                        dot_rows_group_fixed::<S, T, $v, PERM>(
+                            s,
+                            qg,
+                            &kb[done * d..],
+                            heads,
+                            rows - done,
+                            block,
+                            scale,
+                            &mut sc[done..],
+                        )
+                    }
+                    h0 += heads;
                 }
             }
         }};
@@ -142,22 +111,9 @@ pub(super) fn dot_rows_group<S: Simd, T: Elem, const PERM: bool>(
                     let (q, sc) = (&q[h0 * d..], &mut scores[h0 * block..]);
                     // SAFETY: d = v·LANES with v a multiple of 8; `kb` holds rows·d elements,
                     // `q` from head h0 on holds heads·d, `sc` (heads−1)·block + rows.
-                    unsafe {
-                        match heads {
-                            4 => dot_rows_chunked::<S, T, PERM, 4>(
-                                s, q, kb, d, rows, block, scale, sc,
-                            ),
-                            3 => dot_rows_chunked::<S, T, PERM, 3>(
-                                s, q, kb, d, rows, block, scale, sc,
-                            ),
-                            2 => dot_rows_chunked::<S, T, PERM, 2>(
-                                s, q, kb, d, rows, block, scale, sc,
-                            ),
-                            _ => dot_rows_chunked::<S, T, PERM, 1>(
-                                s, q, kb, d, rows, block, scale, sc,
-                            ),
-                        }
-                    }
+                    for_heads!(heads, [1, 2, 3, 4], |G| unsafe {
+                        dot_rows_chunked::<S, T, PERM, G>(s, q, kb, d, rows, block, scale, sc)
+                    });
                     h0 += heads;
                 }
                 return;
