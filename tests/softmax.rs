@@ -403,7 +403,7 @@ fn causal_mask() {
 fn pipelined_rows_with_special_rows_between() {
     let mut rng = rng(27);
     for exec in isa_execs() {
-        for len in [64, 100, 200, 1000] {
+        for len in [64, 100, 200, 1000, 1023, 1024, 1030] {
             let mut rows: Vec<Vec<f32>> = (0..9)
                 .map(|_| (0..len).map(|_| rng.random_range(-8.0..=8.0)).collect())
                 .collect();
@@ -418,6 +418,40 @@ fn pipelined_rows_with_special_rows_between() {
                     bits(&got[i * len..][..len]),
                     bits(&alone),
                     "[{}] len={len} row {i}",
+                    exec.isa()
+                );
+            }
+        }
+    }
+}
+
+/// Causal rows whose valid length crosses the limit below which a row's max is taken one row
+/// ahead (and the empty rows of an offset-free mask's start), with special rows among them:
+/// every row equals the same row computed alone, bit for bit.
+#[test]
+fn pipelined_causal_rows_across_the_lookahead_limit() {
+    let mut rng = rng(28);
+    for exec in isa_execs() {
+        for (len, offset) in [(1100, 1016), (300, 0), (40, 0)] {
+            let mut rows: Vec<Vec<f32>> = (0..14)
+                .map(|_| (0..len).map(|_| rng.random_range(-8.0..=8.0)).collect())
+                .collect();
+            rows[2].fill(NEG_INF);
+            rows[5][3] = f32::NAN;
+            rows[9][0] = INF;
+            let got = softmax(
+                &exec,
+                &rows.concat(),
+                len,
+                opts(0.5, Mask::Causal { offset }),
+            );
+            for (i, r) in rows.iter().enumerate() {
+                let mask = Mask::Causal { offset: offset + i };
+                let alone = softmax(&exec, r, len, opts(0.5, mask));
+                assert_eq!(
+                    bits(&got[i * len..][..len]),
+                    bits(&alone),
+                    "[{}] len={len} offset={offset} row {i}",
                     exec.isa()
                 );
             }
