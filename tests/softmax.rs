@@ -1402,3 +1402,219 @@ fn long_rows_relative_error_within_documented_bound() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pipelining: the look-ahead max of short rows, task boundaries, long rows in a batch
+
+/// Rows per task of `run_rows` for `rows` rows of `row_len` on `threads` threads.
+fn rows_per_task(rows: usize, row_len: usize, threads: usize) -> usize {
+    let min_rows = if rows >= 2 * threads { 2 } else { 1 };
+    (16384 / row_len.max(1)).max(min_rows).clamp(1, rows.max(1))
+}
+
+/// A row of `len` floats in [−8, 8], then made special per `kind` (0: left as it is).
+fn special_row(rng: &mut impl Rng, kind: usize, len: usize) -> Vec<f32> {
+    let mut r: Vec<f32> = (0..len).map(|_| rng.random_range(-8.0..=8.0)).collect();
+    let last = len - 1;
+    match kind {
+        1 => r.fill(NEG_INF),
+        2 => r.fill(f32::NAN),
+        3 => r[len / 3] = f32::NAN,
+        4 => r[last] = INF,
+        5 => {
+            r[0] = INF;
+            r[last] = INF;
+        }
+        6 => {
+            // One finite entry among −∞: exactly 1.0 there.
+            r.fill(NEG_INF);
+            r[len / 2] = 3.0;
+        }
+        7 => {
+            for (j, v) in r.iter_mut().enumerate() {
+                *v = if j % 2 == 0 { 1e30 } else { -1e30 };
+            }
+        }
+        8 => {
+            r[0] = INF;
+            r[last] = f32::NAN;
+        }
+        9 => r.fill(2.5),
+        10 => r[last] = f32::NAN,
+        _ => {}
+    }
+    r
+}
+
+/// Kinds of [`special_row`] that make a row special (everything but 0).
+const SPECIAL_KINDS: usize = 10;
+
+/// Checks every row of `got` (the batch result for `data`, rows of `row_len`, under `o`) against
+/// its valid prefix computed alone (bit for bit, same exec, sequential) and against the f64
+/// reference, and its masked tail against 0.
+fn check_batch_rows(exec: &Exec, got: &[f32], data: &[f32], row_len: usize, o: SoftmaxOptions) {
+    let alone_exec = exec.with_parallelism(kernels::Parallelism::Sequential);
+    for r in 0..data.len() / row_len {
+        let valid = match o.mask {
+            Mask::None => row_len,
+            Mask::Causal { offset } => (offset + r + 1).min(row_len),
+        };
+        let input = &data[r * row_len..][..valid];
+        let out = &got[r * row_len..][..row_len];
+        let ctx = format!(
+            "[{}/{:?}] row_len={row_len} {o:?} row {r} (valid {valid})",
+            exec.isa(),
+            exec.parallelism()
+        );
+        let alone = softmax(
+            &alone_exec,
+            input,
+            valid,
+            SoftmaxOptions {
+                mask: Mask::None,
+                ..o
+            },
+        );
+        assert_eq!(bits(&out[..valid]), bits(&alone), "{ctx}: batch vs alone");
+        assert!(
+            out[valid..].iter().all(|&v| v.to_bits() == 0),
+            "{ctx}: masked tail not +0"
+        );
+        let scaled: Vec<f32> = input.iter().map(|&x| x * o.scale).collect();
+        check_row(&out[..valid], &scaled, &softmax_f64(&scaled), &ctx);
+    }
+}
+
+/// Special rows (all −∞, all NaN, one NaN, +∞, one finite among −∞, ±1e30, constant) on the
+/// first and last rows of tasks and of the batch, for row lengths whose max is taken one row
+/// ahead (and 1024, whose isn't): each row equals the same row alone, bit for bit, and the
+/// reference, sequentially and on 2 threads (the task splits are the same for both, so the
+/// look-ahead never crosses a task's end in either).
+#[test]
+fn pipelined_special_rows_at_task_boundaries() {
+    let mut rng = rng(95);
+    for row_len in [1, 8, 33, 100, 300, 700, 1000, 1023, 1024] {
+        let rpt = rows_per_task(usize::MAX / 2 / row_len, row_len, 2);
+        let rows = 2 * rpt + 3;
+        assert_eq!(rows_per_task(rows, row_len, 1), rpt);
+        assert_eq!(rows_per_task(rows, row_len, 2), rpt);
+        let at = [
+            0,
+            1,
+            rpt - 1,
+            rpt,
+            rpt + 1,
+            2 * rpt - 1,
+            2 * rpt,
+            rows - 2,
+            rows - 1,
+        ];
+        let mut kind = 0;
+        let data: Vec<f32> = (0..rows)
+            .flat_map(|r| {
+                let k = if at.contains(&r) {
+                    kind += 1;
+                    1 + kind % SPECIAL_KINDS
+                } else {
+                    0
+                };
+                // Rows of 1 can only hold one value: keep the kinds that fit.
+                special_row(&mut rng, if row_len == 1 { k % 3 } else { k }, row_len)
+            })
+            .collect();
+        let o = opts(0.5, Mask::None);
+        for case in exec_cases() {
+            let got = case.run(|| softmax(&case.exec, &data, row_len, o));
+            check_batch_rows(&case.exec, &got, &data, row_len, o);
+        }
+    }
+}
+
+/// Causal rows whose valid length sweeps 1..=300 (every vector-block edge of the max and
+/// scaling loops, where the pending row and the row read ahead differ by two floats, and the
+/// f32-summed short-row limit), and rows crossing the look-ahead limit (1024) and the long-row
+/// limit (8192) on the last row of a task and on the first row of the next; special rows every
+/// few rows. Each row equals its valid prefix alone, bit for bit, and the reference,
+/// sequentially and on 2 threads.
+#[test]
+fn pipelined_causal_rows_sweeping_valid_lengths() {
+    let mut rng = rng(96);
+    // (row_len, offset, rows): 1100 has 14 rows per task, so valid 1024 falls on row 13 (the
+    // last of the first task) with offset 1010 and on row 14 (the first of the second) with
+    // 1009; 8200 has 2 rows per task and valid 8192 on row 7 or row 6.
+    for (row_len, offset, rows) in [
+        (300, 0, 300),
+        (1100, 1010, 30),
+        (1100, 1009, 30),
+        (1030, 1000, 40),
+        (8200, 8184, 10),
+        (8200, 8185, 10),
+    ] {
+        let mut kind = 0;
+        let data: Vec<f32> = (0..rows)
+            .flat_map(|r| {
+                let valid = (offset + r + 1).min(row_len);
+                let k = if r % 5 == 3 || r == rows - 1 {
+                    kind += 1;
+                    1 + kind % SPECIAL_KINDS
+                } else {
+                    0
+                };
+                // Special within the valid prefix; the masked tail random.
+                let mut row = special_row(&mut rng, if valid == 1 { k % 3 } else { k }, valid);
+                row.extend((valid..row_len).map(|_| rng.random_range(-8.0f32..=8.0)));
+                row
+            })
+            .collect();
+        for scale in [0.5, 1.0] {
+            let o = opts(scale, Mask::Causal { offset });
+            for case in exec_cases() {
+                let got = case.run(|| softmax(&case.exec, &data, row_len, o));
+                check_batch_rows(&case.exec, &got, &data, row_len, o);
+            }
+        }
+    }
+}
+
+/// Long rows in one batch (one or two per task), scaled chunk by chunk from the last: a rising
+/// ramp (every chunk but the last rescaled), a falling one (only the first chunk holds the
+/// max), NaN or +∞ in the last chunk only, −∞ everywhere but the last partial chunk, and random
+/// rows; a partial last chunk of 1 float, of 5, and rows of more than 64 chunks of 2048. Each
+/// row equals itself alone, bit for bit, and the reference, and finite rows sum to 1.
+#[test]
+fn long_rows_in_a_batch_scaled_backwards() {
+    let mut rng = rng(97);
+    for row_len in [8193, 8192 + 2048 * 2 + 5, 140_003] {
+        let kinds = 7;
+        let data: Vec<f32> = (0..kinds)
+            .flat_map(|kind| {
+                let n = row_len as f32;
+                let mut r: Vec<f32> = (0..row_len)
+                    .map(|j| match kind {
+                        0 => -30.0 + 60.0 * j as f32 / n + rng.random_range(-1.0f32..=1.0),
+                        1 => 30.0 - 60.0 * j as f32 / n + rng.random_range(-1.0f32..=1.0),
+                        _ => rng.random_range(-20.0f32..=20.0),
+                    })
+                    .collect();
+                match kind {
+                    2 => r[row_len - 1] = f32::NAN,
+                    3 => r[row_len - 2] = INF,
+                    4 => r[..row_len - 3].fill(NEG_INF),
+                    _ => {}
+                }
+                r
+            })
+            .collect();
+        let o = opts(1.0, Mask::None);
+        for case in exec_cases() {
+            let got = case.run(|| softmax(&case.exec, &data, row_len, o));
+            check_batch_rows(&case.exec, &got, &data, row_len, o);
+            for kind in [0, 1, 4, 5, 6] {
+                check_sum(
+                    &got[kind * row_len..][..row_len],
+                    &format!("[{case}] row_len={row_len} kind {kind}"),
+                );
+            }
+        }
+    }
+}

@@ -177,9 +177,9 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                                 max
                             }
                         };
-                        // A short row's max is taken one row ahead (while the row before is
-                        // scaled), so that its exponentials never wait on the max's loads and
-                        // reduction: see [`LOOKAHEAD_BELOW`].
+                        // Short rows: row i + 1's max is taken now (while row i − 1 is
+                        // scaled, before row i's exponentials), so that no row's exponentials
+                        // wait on its max's loads and reduction: see [`LOOKAHEAD_BELOW`].
                         let mut next_to_fetch = i + 1;
                         if valid < LOOKAHEAD_BELOW && i + 1 < end {
                             let next_valid = valid_len(opts.mask, i + 1, row_len);
@@ -235,10 +235,11 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
     });
 }
 
-/// Rows shorter than this (after masking) have their max taken while the row before them is
-/// exponentiated, not just before their own exponentials. A short row's time is mostly one
-/// dependency chain (loads, max, its reduction, exponentials, sum, reciprocal), and the
-/// exponentials waiting on the max filled the scheduler, so two rows barely overlapped.
+/// Rows shorter than this (after masking) have their max taken one row early: just before
+/// the previous row's exponentials, in the loop that scales the row before that, instead of
+/// just before their own exponentials. A short row's time is mostly one dependency chain
+/// (loads, max, its reduction, exponentials, sum, reciprocal), and the exponentials waiting on
+/// the max filled the scheduler, so two rows barely overlapped.
 /// In-process against taking each max just in time (one thread, 1 MiB of in-place rows, calls
 /// alternating, a temporary switch): 0.83–0.88× the time at 64–200 floats,
 /// 0.94–0.98× at 255–768; at 1024 1.02× and at 4096 1.10×, where a row's max pass is too long
