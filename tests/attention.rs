@@ -713,6 +713,84 @@ fn prefill_attention_direct_with_bf16_cache() {
     }
 }
 
+/// Prefill goes over the keys in blocks of 512 with a running softmax per query row: runs of
+/// cached keys longer than a block (f32 read in place, bf16 widened), a ring that has wrapped
+/// (two runs of slots) with sinks, a chunk longer than the window, and 1 and 2 threads. Each
+/// token's output agrees with decoding it after the same cache to f32 rounding.
+#[test]
+fn prefill_after_long_history_in_key_blocks() {
+    for (h, dtype) in [
+        (heads(3, 1, 64), KvDtype::F32),
+        (heads(4, 2, 36), KvDtype::F32),
+        (heads(4, 2, 36), KvDtype::Bf16),
+    ] {
+        let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
+        for (capacity, sinks, history, t) in
+            [(1300, 0, 1100, 70), (1200, 5, 2000, 150), (600, 0, 0, 900)]
+        {
+            let mut r = rng(90 + history as u64 + t as u64);
+            let hk = random_vec(&mut r, history * kw);
+            let hv = random_vec(&mut r, history * kw);
+            let q = random_vec(&mut r, t * qw);
+            let k = random_vec(&mut r, t * kw);
+            let v = random_vec(&mut r, t * kw);
+            let with_history = || {
+                let mut c = cache_for(h, capacity, sinks, dtype);
+                for i in 0..history {
+                    c.append(0, &hk[i * kw..(i + 1) * kw], &hv[i * kw..(i + 1) * kw])
+                        .unwrap();
+                }
+                c
+            };
+            let mut dc = with_history();
+            let mut outs = Vec::new();
+            for exec in [Exec::sequential(), Exec::new()] {
+                let mut c = with_history();
+                let mut out = vec![0.0; q.len()];
+                prefill_attention(
+                    &exec,
+                    &h,
+                    &mut c,
+                    0,
+                    &q,
+                    &k,
+                    &v,
+                    &mut out,
+                    &mut PrefillScratch::new(),
+                )
+                .unwrap();
+                outs.push(out);
+                assert_eq!(c.next_position(), history + t);
+            }
+            let mut scratch = DecodeScratch::new(h, 1).unwrap();
+            let exec = Exec::sequential();
+            for i in 0..t {
+                dc.append(0, &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw])
+                    .unwrap();
+                let mut o = vec![0.0; qw];
+                decode_attention(
+                    &exec,
+                    &h,
+                    &dc,
+                    0,
+                    &q[i * qw..(i + 1) * qw],
+                    &mut o,
+                    &mut scratch,
+                    DecodeOptions::default(),
+                )
+                .unwrap();
+                for out in &outs {
+                    let e = rel_err32(&out[i * qw..(i + 1) * qw], &o);
+                    assert!(
+                        e < 1e-5,
+                        "{h:?} {dtype:?} W={capacity} S={sinks} history {history}: token {i}: {e:.2e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn gqa_equals_mha_with_repeated_kv_heads() {
     let (d_model, tokens) = (32, 40);

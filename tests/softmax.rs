@@ -673,6 +673,52 @@ fn absorb_in_blocks(
     (state, weights, acc)
 }
 
+/// `absorb_rows` is `absorb` row by row, bit for bit (states, weights and factors), over two
+/// blocks with special rows among them; bad lengths are refused before anything is touched.
+#[test]
+fn online_absorb_rows_equals_absorb_per_row() {
+    let mut rng = rng(98);
+    for exec in isa_execs() {
+        for row_len in [1, 7, 64, 300] {
+            let rows = 9;
+            let mut states = vec![OnlineSoftmax::EMPTY; rows];
+            let mut alone = states.clone();
+            for block in 0..2 {
+                let mut scores: Vec<f32> = (0..rows * row_len)
+                    .map(|_| rng.random_range(-6.0..=6.0))
+                    .collect();
+                scores[row_len..2 * row_len].fill(NEG_INF);
+                scores[3 * row_len] = f32::NAN;
+                scores[5 * row_len + row_len / 2] = INF;
+                if block == 1 {
+                    scores[7 * row_len] = 40.0;
+                }
+                let mut by_row = scores.clone();
+                let mut keep = vec![f32::NAN; rows];
+                OnlineSoftmax::absorb_rows(&exec, &mut states, &mut scores, row_len, &mut keep)
+                    .unwrap();
+                for (i, state) in alone.iter_mut().enumerate() {
+                    let ctx = format!("[{}] row_len={row_len} block {block} row {i}", exec.isa());
+                    let k = state.absorb(&exec, &mut by_row[i * row_len..(i + 1) * row_len]);
+                    assert_eq!(k.to_bits(), keep[i].to_bits(), "{ctx}: factor");
+                    assert_eq!(state.max.to_bits(), states[i].max.to_bits(), "{ctx}: max");
+                    assert_eq!(state.sum.to_bits(), states[i].sum.to_bits(), "{ctx}: sum");
+                }
+                assert_eq!(bits(&scores), bits(&by_row), "[{}] weights", exec.isa());
+            }
+        }
+        let mut states = vec![OnlineSoftmax::EMPTY; 2];
+        let mut scores = vec![1.0; 7];
+        let mut keep = vec![9.0; 2];
+        let r = OnlineSoftmax::absorb_rows(&exec, &mut states, &mut scores, 4, &mut keep);
+        assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
+        let r = OnlineSoftmax::absorb_rows(&exec, &mut states, &mut scores[..6], 3, &mut keep[..1]);
+        assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
+        assert_eq!((scores, keep), (vec![1.0; 7], vec![9.0; 2]));
+        assert_eq!(states, vec![OnlineSoftmax::EMPTY; 2]);
+    }
+}
+
 #[test]
 fn online_absorb_in_blocks_matches_one_shot() {
     let mut rng = rng(27);

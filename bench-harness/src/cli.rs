@@ -115,6 +115,10 @@ pub struct ShapeArgs {
     /// Prefill chunk sizes T [default: 64,256,1024].
     #[arg(long, value_name = "LIST", help_heading = "Sweeps")]
     pub chunks: Option<String>,
+    /// Prefill: tokens already cached before the chunk, as in chunked prefill of a long
+    /// prompt or a later turn of a chat [default: 0].
+    #[arg(long, value_name = "LIST", help_heading = "Sweeps")]
+    pub prefill_context: Option<String>,
     /// Model presets: llama2-7b, llama3-8b, mistral-7b, gpt3-175b, tiny. Explicit --heads,
     /// --kv-heads, --head-dim, --layers, --window override the preset's values.
     #[arg(long, value_name = "LIST", help_heading = "Attention shape")]

@@ -146,6 +146,8 @@ pub struct RunConfig {
     pub prefill: Vec<AttnSpec>,
     /// Prefill chunk sizes.
     pub chunks: Vec<usize>,
+    /// Tokens cached before each prefill chunk.
+    pub prefill_contexts: Vec<usize>,
     /// kv-vs-recompute shapes.
     pub recompute: Vec<AttnSpec>,
     /// kv-vs-recompute context lengths.
@@ -377,6 +379,10 @@ fn build(a: &RunArgs) -> Result<RunConfig, String> {
     let contexts = opt_list("--seq-lens", &s.seq_lens, &[256, 1024, 4096])?;
     let memory_contexts = opt_list("--seq-lens", &s.seq_lens, &[4096, 32768, 131072])?;
     let chunks = opt_list("--chunks", &s.chunks, &[64, 256, 1024])?;
+    let prefill_contexts = match &s.prefill_context {
+        Some(t) => sweep::parse_usize_list(t).map_err(|e| format!("--prefill-context: {e}"))?,
+        None => vec![0],
+    };
     let attention = attn_specs(
         s,
         &AttnDefaults {
@@ -447,6 +453,7 @@ fn build(a: &RunArgs) -> Result<RunConfig, String> {
         seq_lens,
         prefill,
         chunks,
+        prefill_contexts,
         recompute,
         contexts,
         memory,

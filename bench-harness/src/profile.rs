@@ -152,10 +152,14 @@ pub fn run(p: &ProfileArgs, out: &mut dyn Write) -> Result<()> {
         }
         Suite::Prefill => {
             let s = cfg.prefill[0].clone();
-            let chunk = cfg.chunks[0];
-            let mut bench = PrefillBench::new(s.shape, chunk).map_err(dec)?;
+            let (chunk, context) = (cfg.chunks[0], cfg.prefill_contexts[0]);
+            let mut bench = PrefillBench::new(s.shape, chunk, context).map_err(dec)?;
             (
-                format!("prefill {} {} T={chunk}", s.describe(), s.shape.dtype),
+                format!(
+                    "prefill {} {} T={chunk} after {context}",
+                    s.describe(),
+                    s.shape.dtype
+                ),
                 Box::new(move || bench.run(&exec).map_err(dec)),
             )
         }

@@ -474,6 +474,9 @@ pub fn markdown(records: &[Record]) -> String {
                 ("shape", attn_shape_cell),
                 KV_DTYPE,
                 ("T", |r| s(r.chunk)),
+                ("cached", |r| {
+                    s(r.seq_len.zip(r.chunk).map(|(len, t)| len.saturating_sub(t)))
+                }),
                 THREADS,
                 ("isa", |r| r.isa.clone().unwrap_or_default()),
                 TIME,
@@ -482,9 +485,10 @@ pub fn markdown(records: &[Record]) -> String {
                 PCT_ROOF,
                 ROOF,
             ],
-            "attention of T new tokens into an empty cache (q·Kᵀ, masked softmax, P·V per \
-             head); GFLOP/s counts the causal pairs only (4·head_dim per pair), so it is \
-             compared with the FMA roof. tokens/s = T / median.",
+            "attention of T new tokens after `cached` tokens already in the cache (q·Kᵀ, \
+             masked softmax, P·V per head; `--prefill-context` sets the cached count, 0 by \
+             default); GFLOP/s counts the visible (query, key) pairs only (4·head_dim per \
+             pair), so it is compared with the FMA roof. tokens/s = T / median.",
         );
     }
 

@@ -576,3 +576,29 @@ fn roofline_arithmetic() {
     assert_eq!(pct_of(100.0, 200.0), Some(50.0));
     assert_eq!(pct_of(1.0, 0.0), None);
 }
+
+#[test]
+fn prefill_after_a_context() {
+    let c = config(&["prefill", "--prefill-context", "0,40"]).unwrap();
+    assert_eq!(c.prefill_contexts, vec![0, 40]);
+    assert_eq!(config(&["prefill"]).unwrap().prefill_contexts, vec![0]);
+    assert!(err(&["prefill", "--prefill-context", "4x"]).contains("--prefill-context"));
+    let out = smoke(&["prefill", "--prefill-context", "0,40", "--format", "json"]);
+    let v: Value = serde_json::from_str(&out.report).unwrap();
+    let mut lens: Vec<(u64, u64)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["suite"] == "prefill")
+        .map(|r| (r["chunk"].as_u64().unwrap(), r["seq_len"].as_u64().unwrap()))
+        .collect();
+    lens.sort();
+    lens.dedup();
+    // The chunk of 16 (TINY) into an empty cache and after 40 cached tokens.
+    assert_eq!(lens, [(16, 16), (16, 56)]);
+    let md = smoke(&["prefill", "--prefill-context", "40"]).report;
+    assert!(md.contains("| T | cached |"), "{md}");
+    // A sliding window must hold the context and the chunk.
+    let e = err(&["prefill", "--prefill-context", "40", "--window", "50"]);
+    assert!(e.contains("window"), "{e}");
+}

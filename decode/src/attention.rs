@@ -10,6 +10,16 @@
 //! memory once per step however many query heads share it. Work items are (KV head, sequence
 //! split); splits are merged with the exact log-sum-exp rule, so one head at 32k tokens uses
 //! every thread.
+//!
+//! Prefill, for a chunk of T queries: work items are (KV head, 64-query tile), the group's
+//! query heads stacked into one (64·g) × head_dim matrix. The keys a tile sees form a few runs
+//! of consecutive positions (the sinks, the ring's one or two runs of slots, the chunk's own
+//! rows); f32 runs are read where they lie, bf16 runs widened once. Keys go in blocks (flash
+//! attention on the matmul kernels): `scores = scale·Q·K_blkᵀ` by GEMM into an L2-sized
+//! tile, the causal and window mask, each query row's running [`OnlineSoftmax`] state, the
+//! output rows rescaled by its factor and `P·V_blk` added by GEMM; one division at the end. A
+//! tile whose keys are one short run (a first prompt of up to ~1k tokens) takes them as one
+//! block with a plain row softmax.
 
 use crate::cache::KvCache;
 use crate::error::{DecodeError, Result, check_eq};
@@ -253,10 +263,10 @@ pub fn decode_attention(
 /// Query rows per prefill tile.
 const PREFILL_TILE: usize = 64;
 
-/// One worker's buffers for a prefill tile: the visible cached keys and values gathered in
-/// position order (`Q·Kᵀ` reads keys through a transposed view, which the GEMM packs with
-/// register transposes; with an f32 cache the chunk's own rows are read in place instead of
-/// gathered), the positions of all visible keys, scores and the output tile.
+/// One worker's buffers for a prefill tile: the runs of keys it sees, the keys and values of
+/// bf16 runs widened (f32 runs, in the cache or the chunk, are read in place; `Q·Kᵀ` reads
+/// keys through a transposed view, which the GEMM packs with register transposes), one key
+/// block's positions and scores, each query row's softmax state and the output tile.
 #[derive(Default)]
 struct TileScratch {
     queries: Vec<f32>,
@@ -265,7 +275,38 @@ struct TileScratch {
     positions: Vec<usize>,
     scores: Vec<f32>,
     out: Vec<f32>,
+    runs: Vec<KeyRun>,
+    states: Vec<OnlineSoftmax>,
+    keep: Vec<f32>,
     ws: kernels::GemmWorkspace,
+}
+
+/// Bytes of one key block's scores in a prefill tile: with the block's keys and values they
+/// stay in L2 (a block is 512 keys at 4 query heads per KV head, 256 at 8). A tile whose keys
+/// are one run of up to twice that takes them as one block, with a plain softmax.
+const SCORE_BLOCK_BYTES: usize = 512 << 10;
+
+/// Keys per block for a tile of `qrows` query rows (whole multiples of 32 keys, 256 to 1024).
+fn key_block(qrows: usize) -> usize {
+    (SCORE_BLOCK_BYTES / (4 * qrows.max(1))).clamp(256, 1024) / 32 * 32
+}
+
+/// Keys at consecutive positions `pos .. pos + len`, stored `stride` floats apart.
+struct KeyRun {
+    pos: usize,
+    len: usize,
+    src: RunSource,
+}
+
+/// Where a [`KeyRun`]'s rows are.
+#[derive(Clone, Copy)]
+enum RunSource {
+    /// Slots `slot ..` of an f32 cache, in place.
+    Cache(usize),
+    /// The chunk's rows `j ..` (`k` and `v`, a row of all KV heads apart), in place.
+    Chunk(usize),
+    /// Rows `at ..` of the tile's gathered (widened) keys and values.
+    Gathered(usize),
 }
 
 /// Reusable buffers of [`prefill_attention`]: one tile scratch per worker thread, and the list
@@ -414,125 +455,173 @@ pub fn prefill_attention(
         // runs one item at a time and items make no nested parallel calls).
         let slot = rayon::current_thread_index().map_or(threads, |i| i.min(threads));
         let mut guard = workers[slot].lock().unwrap_or_else(|e| e.into_inner());
-        let ts = &mut *guard;
-        ts.positions.clear();
-        ts.key_rows.clear();
-        ts.values.clear();
-        // Keys any query of the tile can see, in position order: cached slots, then the
-        // chunk's own rows (all later than anything cached).
-        for &(slot, pos) in cached {
-            if visible(last, pos, cap, sinks) || visible(first, pos, cap, sinks) {
-                ts.positions.push(pos);
-                push_stored(
-                    &mut ts.key_rows,
-                    cache_ref.rows(layer, false, kv, slot..slot + 1)?,
-                );
-                push_stored(
-                    &mut ts.values,
-                    cache_ref.rows(layer, true, kv, slot..slot + 1)?,
-                );
+        let TileScratch {
+            queries,
+            key_rows,
+            values,
+            positions,
+            scores,
+            out: tile_out,
+            runs,
+            states,
+            keep,
+            ws,
+        } = &mut *guard;
+        key_rows.clear();
+        values.clear();
+        runs.clear();
+        let tile_sees =
+            |pos: usize| visible(last, pos, cap, sinks) || visible(first, pos, cap, sinks);
+        // Keys any query of the tile can see, in position order, as runs of consecutive
+        // positions: cached slots, then the chunk's own rows (all later than anything cached).
+        // An f32 run is read where it lies; bf16 rows are widened into the scratch.
+        let mut i = 0;
+        while i < cached.len() {
+            let (slot, pos) = cached[i];
+            if !tile_sees(pos) {
+                i += 1;
+                continue;
             }
+            let mut n = 1;
+            while i + n < cached.len() && cached[i + n] == (slot + n, pos + n) && tile_sees(pos + n)
+            {
+                n += 1;
+            }
+            let src = if bf16 {
+                let at = key_rows.len() / d;
+                push_stored(key_rows, cache_ref.rows(layer, false, kv, slot..slot + n)?);
+                push_stored(values, cache_ref.rows(layer, true, kv, slot..slot + n)?);
+                RunSource::Gathered(at)
+            } else {
+                RunSource::Cache(slot)
+            };
+            runs.push(KeyRun { pos, len: n, src });
+            i += n;
         }
-        let gathered_cached = ts.positions.len();
-        // The chunk's own rows this tile sees: usually one run j_lo..t1 (everything from the
-        // window start on); with an f32 cache the GEMMs read that run straight from `k`/`v`.
-        let seen = |j: usize| {
-            // Some query of the tile sees row j iff the earliest query at or after it does (a
-            // later query may have slid past it; `first` may precede it).
-            let pos = p0 + j;
-            visible(first.max(pos), pos, cap, sinks)
-        };
-        let j_lo = (0..t1).find(|&j| seen(j)).unwrap_or(t1);
-        let direct = !bf16 && (j_lo..t1).all(seen);
-        for j in (0..t1).filter(|&j| seen(j)) {
-            ts.positions.push(p0 + j);
-            if !direct {
-                let r = j * kvrow + kv * d;
+        // The chunk's own rows this tile sees: some query of the tile sees row j iff the
+        // earliest query at or after it does (a later query may have slid past it; `first`
+        // may precede it).
+        let seen = |j: usize| visible(first.max(p0 + j), p0 + j, cap, sinks);
+        let mut j = 0;
+        while j < t1 {
+            if !seen(j) {
+                j += 1;
+                continue;
+            }
+            let mut n = 1;
+            while j + n < t1 && seen(j + n) {
+                n += 1;
+            }
+            let src = if bf16 {
                 // A bf16 cache is attended as what it will hold, so prefill equals decode.
-                push_as_stored(&mut ts.key_rows, &k[r..r + d], bf16);
-                push_as_stored(&mut ts.values, &v[r..r + d], bf16);
-            }
+                let at = key_rows.len() / d;
+                for r in j..j + n {
+                    let row = r * kvrow + kv * d;
+                    push_as_stored(key_rows, &k[row..row + d], true);
+                    push_as_stored(values, &v[row..row + d], true);
+                }
+                RunSource::Gathered(at)
+            } else {
+                RunSource::Chunk(j)
+            };
+            runs.push(KeyRun {
+                pos: p0 + j,
+                len: n,
+                src,
+            });
+            j += n;
         }
-        let nk = ts.positions.len();
-        // Keys 0..ng are gathered in the scratch; ng..nk (the chunk run, when direct) are read
-        // in place, rows `kvrow` apart.
-        let ng = if direct { gathered_cached } else { nk };
-        let run_at = j_lo * kvrow + kv * d;
         let rows = t1 - t0;
-        // The group's query heads as one (rows·g) × d matrix: one product per tile.
-        ts.queries.resize(rows * g * d, 0.0);
+        // The group's query heads as one (rows·g) × d matrix: one product per key block.
+        queries.resize(rows * g * d, 0.0);
         for r in 0..rows {
             let src = &q[(t0 + r) * qrow + kv * g * d..(t0 + r) * qrow + (kv + 1) * g * d];
-            ts.queries[r * g * d..(r + 1) * g * d].copy_from_slice(src);
+            queries[r * g * d..(r + 1) * g * d].copy_from_slice(src);
         }
         let qrows = rows * g;
-        ts.scores.resize(qrows * nk, 0.0);
-        ts.out.resize(qrows * d, 0.0);
-        let queries = kernels::MatRef::row_major(&ts.queries, qrows, d)?;
-        // Scores of the gathered keys, then of the in-place run, side by side in each row.
-        if ng > 0 {
-            kernels::gemm(
-                &inner,
-                heads.scale(),
-                queries,
-                kernels::MatRef::row_major(&ts.key_rows, ng, d)?.t(),
-                0.0,
-                &mut kernels::MatMut::new(&mut ts.scores, qrows, ng, nk, 1)?,
-                &mut ts.ws,
-            )?;
-        }
-        if ng < nk {
-            kernels::gemm(
-                &inner,
-                heads.scale(),
-                queries,
-                kernels::MatRef::new(&k[run_at..], nk - ng, d, kvrow, 1)?.t(),
-                0.0,
-                &mut kernels::MatMut::new(&mut ts.scores[ng..], qrows, nk - ng, nk, 1)?,
-                &mut ts.ws,
-            )?;
-        }
-        if nk > 0 {
-            for (i, row) in ts.scores.chunks_exact_mut(nk).enumerate() {
-                mask_invisible(row, &ts.positions, p0 + t0 + i / g, cap, sinks);
+        let queries = kernels::MatRef::row_major(queries, qrows, d)?;
+        tile_out.clear();
+        tile_out.resize(qrows * d, 0.0);
+        states.clear();
+        states.resize(qrows, OnlineSoftmax::EMPTY);
+        let single_block = runs.len() == 1 && runs[0].len <= 2 * key_block(qrows);
+        let block = if single_block {
+            runs[0].len
+        } else {
+            key_block(qrows)
+        };
+        // Flash-attention order: block by block of keys, scores into an L2-sized tile, each
+        // query row's running softmax state, and the output rescaled and accumulated.
+        for run in runs.iter() {
+            let (kr, vr, stride) = match run.src {
+                RunSource::Cache(slot) => {
+                    let (kr, vr) = (
+                        cache_ref.rows(layer, false, kv, slot..slot + run.len)?,
+                        cache_ref.rows(layer, true, kv, slot..slot + run.len)?,
+                    );
+                    match (kr, vr) {
+                        (kernels::KvRows::F32(kr), kernels::KvRows::F32(vr)) => (kr, vr, d),
+                        _ => unreachable!("in-place runs are f32"),
+                    }
+                }
+                RunSource::Chunk(j) => (&k[j * kvrow + kv * d..], &v[j * kvrow + kv * d..], kvrow),
+                RunSource::Gathered(at) => (&key_rows[at * d..], &values[at * d..], d),
+            };
+            for b0 in (0..run.len).step_by(block) {
+                let nb = block.min(run.len - b0);
+                let (kb, vb) = (&kr[b0 * stride..], &vr[b0 * stride..]);
+                scores.resize(qrows * nb, 0.0);
+                kernels::gemm(
+                    &inner,
+                    heads.scale(),
+                    queries,
+                    kernels::MatRef::new(kb, nb, d, stride, 1)?.t(),
+                    0.0,
+                    &mut kernels::MatMut::row_major(scores, qrows, nb)?,
+                    ws,
+                )?;
+                positions.clear();
+                positions.extend(run.pos + b0..run.pos + b0 + nb);
+                for (i, row) in scores.chunks_exact_mut(nb).enumerate() {
+                    mask_invisible(row, positions, p0 + t0 + i / g, cap, sinks);
+                }
+                if single_block {
+                    // All the tile's keys in one block: a plain softmax, normalised weights.
+                    kernels::softmax_rows(&inner, scores, nb, kernels::SoftmaxOptions::default())?;
+                } else {
+                    keep.resize(qrows, 1.0);
+                    OnlineSoftmax::absorb_rows(&inner, states, scores, nb, keep)?;
+                    // A factor of 0 comes only before the first finite score, when the row
+                    // holds nothing yet (or NaN, which stays NaN either way).
+                    for (o, &f) in tile_out.chunks_exact_mut(d).zip(keep.iter()) {
+                        if f != 1.0 && f != 0.0 {
+                            o.iter_mut().for_each(|x| *x *= f);
+                        }
+                    }
+                }
+                kernels::gemm(
+                    &inner,
+                    1.0,
+                    kernels::MatRef::row_major(scores, qrows, nb)?,
+                    kernels::MatRef::new(vb, nb, d, stride, 1)?,
+                    1.0,
+                    &mut kernels::MatMut::row_major(tile_out, qrows, d)?,
+                    ws,
+                )?;
             }
-            kernels::softmax_rows(
-                &inner,
-                &mut ts.scores,
-                nk,
-                kernels::SoftmaxOptions::default(),
-            )?;
         }
-        let mut tile_out = kernels::MatMut::row_major(&mut ts.out, qrows, d)?;
-        if ng > 0 || ng == nk {
-            kernels::gemm(
-                &inner,
-                1.0,
-                kernels::MatRef::new(&ts.scores, qrows, ng, nk, 1)?,
-                kernels::MatRef::row_major(&ts.values, ng, d)?,
-                0.0,
-                &mut tile_out,
-                &mut ts.ws,
-            )?;
-        }
-        if ng < nk {
-            kernels::gemm(
-                &inner,
-                1.0,
-                kernels::MatRef::new(&ts.scores[ng..], qrows, nk - ng, nk, 1)?,
-                kernels::MatRef::new(&v[run_at..], nk - ng, d, kvrow, 1)?,
-                // Accumulate onto the gathered keys' part, if there was one.
-                if ng > 0 { 1.0 } else { 0.0 },
-                &mut tile_out,
-                &mut ts.ws,
-            )?;
+        if !single_block {
+            for (o, state) in tile_out.chunks_exact_mut(d).zip(states.iter()) {
+                let inv = state.inverse_sum();
+                o.iter_mut().for_each(|x| *x *= inv);
+            }
         }
         for r in 0..rows {
             let dst = shared.at((t0 + r) * qrow + kv * g * d);
             // SAFETY: row t0 + r < T and the group's heads kv·g .. (kv+1)·g ≤ heads, so these
             // g·d floats lie inside `out` (checked to be T·heads·d long); only this tile
             // writes them.
-            unsafe { std::ptr::copy_nonoverlapping(ts.out[r * g * d..].as_ptr(), dst, g * d) };
+            unsafe { std::ptr::copy_nonoverlapping(tile_out[r * g * d..].as_ptr(), dst, g * d) };
         }
         Ok(())
     };

@@ -197,10 +197,12 @@ fn to_f32_rows(r: KvRows<'_>) -> Rows<'_> {
     Rows(r)
 }
 
-/// Causal attention of a `chunk`-token prefill into an empty cache (all layers).
+/// Causal attention of a `chunk`-token prefill (all layers) after `context` cached tokens:
+/// 0 is a first prompt, more is chunked prefill of a long prompt or a later turn of a chat.
 pub struct PrefillBench {
     heads: HeadConfig,
     cache: KvCache,
+    context: usize,
     q: Vec<f32>,
     k: Vec<f32>,
     v: Vec<f32>,
@@ -209,17 +211,38 @@ pub struct PrefillBench {
 }
 
 impl PrefillBench {
-    /// Random q, k, v for `chunk` tokens.
-    pub fn new(shape: AttnShape, chunk: usize) -> Result<Self> {
+    /// Random q, k, v for `chunk` tokens, and `context` random cached tokens before them.
+    /// [`DecodeError::InvalidConfig`] when a sliding window would not hold context and chunk
+    /// (the cache is rolled back to the context before every run, which a wrapped ring
+    /// cannot do).
+    pub fn new(shape: AttnShape, chunk: usize, context: usize) -> Result<Self> {
         shape.validate()?;
+        let total = context.saturating_add(chunk);
+        if context > 0 && shape.window.is_some_and(|w| w < total) {
+            return Err(DecodeError::InvalidConfig(format!(
+                "prefill after {context} cached tokens needs a window of at least context + \
+                 chunk = {total}"
+            )));
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let (qn, kn) = (
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
         );
+        let mut cache = KvCache::new(shape.cache_config(total))?;
+        if context > 0 {
+            let (k, v) = (
+                random(&mut rng, context * kn),
+                random(&mut rng, context * kn),
+            );
+            for layer in 0..shape.layers {
+                cache.append_many(layer, &k, &v)?;
+            }
+        }
         Ok(Self {
             heads: shape.head_config(),
-            cache: KvCache::new(shape.cache_config(chunk))?,
+            cache,
+            context,
             q: random(&mut rng, chunk * qn),
             k: random(&mut rng, chunk * kn),
             v: random(&mut rng, chunk * kn),
@@ -228,9 +251,9 @@ impl PrefillBench {
         })
     }
 
-    /// One prefill of the chunk on every layer, from an empty cache.
+    /// One prefill of the chunk on every layer, after the context.
     pub fn run(&mut self, exec: &Exec) -> Result<()> {
-        self.cache.reset();
+        self.cache.truncate(self.context)?;
         for layer in 0..self.cache.config().layers {
             prefill_attention(
                 exec,

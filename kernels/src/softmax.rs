@@ -912,6 +912,46 @@ impl OnlineSoftmax {
         ))
     }
 
+    /// [`absorb`](Self::absorb) for a block of rows: `states[i]` absorbs row `i` of `scores`
+    /// (`states.len()` rows of `row_len` floats) and `keep[i]` receives its factor. One
+    /// dispatch for all rows (a dispatch per row cost about as much as the exponentials of a
+    /// 512-float row).
+    pub fn absorb_rows(
+        exec: &Exec,
+        states: &mut [Self],
+        scores: &mut [f32],
+        row_len: usize,
+        keep: &mut [f32],
+    ) -> Result<()> {
+        check_dim(
+            "absorb_rows scores length vs states * row_len",
+            states.len() * row_len,
+            scores.len(),
+        )?;
+        check_dim(
+            "absorb_rows keep length vs states",
+            states.len(),
+            keep.len(),
+        )?;
+        if row_len == 0 {
+            keep.fill(1.0);
+            return Ok(());
+        }
+        with_simd!(exec.isa(), |s| s.vectorize(
+            #[inline(always)]
+            || {
+                for ((state, row), k) in states
+                    .iter_mut()
+                    .zip(scores.chunks_exact_mut(row_len))
+                    .zip(keep.iter_mut())
+                {
+                    *k = state.absorb_in(s, row);
+                }
+            }
+        ));
+        Ok(())
+    }
+
     /// [`absorb`](Self::absorb) inside an already vectorised context.
     #[inline(always)]
     pub(crate) fn absorb_in<S: Simd>(&mut self, s: S, scores: &mut [f32]) -> f32 {
