@@ -40,7 +40,8 @@ const KB: usize = 32;
 /// [`KB`] when B's rows lie a whole number of 4 KiB pages apart (n a multiple of 1024 floats,
 /// as most weight matrices are). In-process against 32, one thread: 0.84–0.94× the time at
 /// 16 rows × n ∈ {2048, 4096, 5120, 8192, 12288, 14336} × 4096 (and k = 11008), 0.91× at 12
-/// rows, 0.98× at 8 (0.94× on two threads), 1.0× at 4; 96 and 128 rows 1.1–1.6× slower.
+/// rows, 0.98× at 8 (0.94× on two threads), 1.0× at 4; 96 and 128 rows 1.1–1.6× slower. The
+/// AVX2 6×16 tile: 0.99–1.01× at 2–6 rows.
 /// Strides off the page multiple measured 1.0× (n = 4112) and 1.45× (n = 11008) with 64, so
 /// they keep [`KB`]. (Why the page-aligned strides want more rows per block is not
 /// established here: with them every row's tile falls into the same L1 sets.)
