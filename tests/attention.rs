@@ -650,6 +650,40 @@ fn assert_same_entries(a: &KvCache, b: &KvCache, what: &str) {
     }
 }
 
+/// Appends the chunk's tokens (`q`, `k`, `v` rows) to `cache` one at a time and decodes each:
+/// the outputs a prefill of the same chunk must match.
+fn decode_each(
+    h: HeadConfig,
+    cache: &mut KvCache,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Vec<Vec<f32>> {
+    let (qw, kw) = (h.heads * h.head_dim, h.kv_heads * h.head_dim);
+    let exec = Exec::sequential();
+    let mut scratch = DecodeScratch::new(h, 1).unwrap();
+    (0..q.len() / qw)
+        .map(|i| {
+            cache
+                .append(0, &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw])
+                .unwrap();
+            let mut o = vec![0.0; qw];
+            decode_attention(
+                &exec,
+                &h,
+                cache,
+                0,
+                &q[i * qw..(i + 1) * qw],
+                &mut o,
+                &mut scratch,
+                DecodeOptions::default(),
+            )
+            .unwrap();
+            o
+        })
+        .collect()
+}
+
 #[test]
 fn prefill_attention_direct_with_bf16_cache() {
     // prefill_attention called directly on a bf16 cache agrees with decode_attention on it:
@@ -685,25 +719,10 @@ fn prefill_attention_direct_with_bf16_cache() {
             &mut PrefillScratch::new(),
         )
         .unwrap();
-        let mut scratch = DecodeScratch::new(h, 1).unwrap();
-        for i in 0..t {
-            dc.append(0, &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw])
-                .unwrap();
-            let mut o = vec![0.0; qw];
-            decode_attention(
-                &exec,
-                &h,
-                &dc,
-                0,
-                &q[i * qw..(i + 1) * qw],
-                &mut o,
-                &mut scratch,
-                DecodeOptions::default(),
-            )
-            .unwrap();
+        for (i, o) in decode_each(h, &mut dc, &q, &k, &v).iter().enumerate() {
             // Prefill attends to the chunk's rows rounded to bf16, exactly what decode reads
             // back from the cache, so the two agree to f32 rounding.
-            let e = rel_err32(&out[i * qw..(i + 1) * qw], &o);
+            let e = rel_err32(&out[i * qw..(i + 1) * qw], o);
             assert!(
                 e < 1e-5,
                 "W={capacity} S={sinks} history {history}: token {i}: {e:.2e}"
@@ -762,25 +781,9 @@ fn prefill_after_long_history_in_key_blocks() {
                 outs.push(out);
                 assert_eq!(c.next_position(), history + t);
             }
-            let mut scratch = DecodeScratch::new(h, 1).unwrap();
-            let exec = Exec::sequential();
-            for i in 0..t {
-                dc.append(0, &k[i * kw..(i + 1) * kw], &v[i * kw..(i + 1) * kw])
-                    .unwrap();
-                let mut o = vec![0.0; qw];
-                decode_attention(
-                    &exec,
-                    &h,
-                    &dc,
-                    0,
-                    &q[i * qw..(i + 1) * qw],
-                    &mut o,
-                    &mut scratch,
-                    DecodeOptions::default(),
-                )
-                .unwrap();
+            for (i, o) in decode_each(h, &mut dc, &q, &k, &v).iter().enumerate() {
                 for out in &outs {
-                    let e = rel_err32(&out[i * qw..(i + 1) * qw], &o);
+                    let e = rel_err32(&out[i * qw..(i + 1) * qw], o);
                     assert!(
                         e < 1e-5,
                         "{h:?} {dtype:?} W={capacity} S={sinks} history {history}: token {i}: {e:.2e}"
