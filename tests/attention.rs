@@ -650,6 +650,32 @@ fn assert_same_entries(a: &KvCache, b: &KvCache, what: &str) {
     }
 }
 
+/// Prefills the chunk (`q`, `k`, `v` rows) into layer 0 of `cache` with a fresh scratch and
+/// returns its output.
+fn prefill_out(
+    exec: &Exec,
+    h: HeadConfig,
+    cache: &mut KvCache,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+) -> Vec<f32> {
+    let mut out = vec![0.0; q.len()];
+    prefill_attention(
+        exec,
+        &h,
+        cache,
+        0,
+        q,
+        k,
+        v,
+        &mut out,
+        &mut PrefillScratch::new(),
+    )
+    .unwrap();
+    out
+}
+
 /// Appends the chunk's tokens (`q`, `k`, `v` rows) to `cache` one at a time and decodes each:
 /// the outputs a prefill of the same chunk must match.
 fn decode_each(
@@ -706,19 +732,7 @@ fn prefill_attention_direct_with_bf16_cache() {
             pc.append(0, kr, vr).unwrap();
             dc.append(0, kr, vr).unwrap();
         }
-        let mut out = vec![0.0; q.len()];
-        prefill_attention(
-            &exec,
-            &h,
-            &mut pc,
-            0,
-            &q,
-            &k,
-            &v,
-            &mut out,
-            &mut PrefillScratch::new(),
-        )
-        .unwrap();
+        let out = prefill_out(&exec, h, &mut pc, &q, &k, &v);
         for (i, o) in decode_each(h, &mut dc, &q, &k, &v).iter().enumerate() {
             // Prefill attends to the chunk's rows rounded to bf16, exactly what decode reads
             // back from the cache, so the two agree to f32 rounding.
@@ -765,20 +779,7 @@ fn prefill_after_long_history_in_key_blocks() {
             let mut outs = Vec::new();
             for exec in [Exec::sequential(), Exec::new()] {
                 let mut c = with_history();
-                let mut out = vec![0.0; q.len()];
-                prefill_attention(
-                    &exec,
-                    &h,
-                    &mut c,
-                    0,
-                    &q,
-                    &k,
-                    &v,
-                    &mut out,
-                    &mut PrefillScratch::new(),
-                )
-                .unwrap();
-                outs.push(out);
+                outs.push(prefill_out(&exec, h, &mut c, &q, &k, &v));
                 assert_eq!(c.next_position(), history + t);
             }
             for (i, o) in decode_each(h, &mut dc, &q, &k, &v).iter().enumerate() {

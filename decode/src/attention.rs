@@ -544,12 +544,9 @@ pub fn prefill_attention(
         tile_out.resize(qrows * d, 0.0);
         states.clear();
         states.resize(qrows, OnlineSoftmax::EMPTY);
-        let single_block = runs.len() == 1 && runs[0].len <= 2 * key_block(qrows);
-        let block = if single_block {
-            runs[0].len
-        } else {
-            key_block(qrows)
-        };
+        let block = key_block(qrows);
+        let single_block = runs.len() == 1 && runs[0].len <= 2 * block;
+        let block = if single_block { runs[0].len } else { block };
         // Flash-attention order: block by block of keys, scores into an L2-sized tile, each
         // query row's running softmax state, and the output rescaled and accumulated.
         for run in runs.iter() {

@@ -155,7 +155,7 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                 // Rows are pipelined: a max pass also applies the previous row's 1/sum, so the
                 // max pass's loads (the first touch of a row, from L2 or beyond) overlap work
                 // instead of running alone, and no row's scaling needs a pass of its own.
-                // Short rows take the next row's max before their own exponentials.
+                // Short rows have their max taken a row early (see [`LOOKAHEAD_BELOW`]).
                 let mut pending = Pending::NONE;
                 // The max of row i, taken during row i − 1.
                 let mut ahead = None;
