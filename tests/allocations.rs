@@ -132,8 +132,16 @@ fn hot_loops_allocate_nothing() {
     let mut rng = rng(41);
     let mut failures = Vec::new();
 
-    // GEMM through each nest: GEMV, skinny, blocked; with a reused workspace.
-    for (m, n, k) in [(1, 300, 200), (5, 300, 200), (40, 96, 70), (150, 200, 130)] {
+    // GEMM through each nest: GEMV, skinny, streamed, blocked, whole B packed; with a reused
+    // workspace.
+    for (m, n, k) in [
+        (1, 300, 200),
+        (5, 300, 200),
+        (40, 96, 70),
+        (150, 200, 130),
+        (300, 200, 130),
+        (1600, 40, 30),
+    ] {
         let a = random_vec(&mut rng, m * k);
         let b = random_vec(&mut rng, k * n);
         let mut c = vec![0.0; m * n];

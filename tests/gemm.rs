@@ -666,6 +666,54 @@ fn streamed_several_c_blocks() {
     }
 }
 
+/// From 1536 rows `gemm` packs all of B into the workspace and runs the prepacked nest: every
+/// B layout (row- and column-major, padded, the edge panel narrower than NR, k across several
+/// kc blocks with a partial last one), strided A and C, β = 0 over a NaN C and β ≠ 0, on
+/// every ISA path, 1 and 2 threads bit-identical; then 3 threads (row blocks that are not a
+/// multiple of the thread count) against 1.
+#[test]
+fn many_rows_pack_whole_b() {
+    let cases = exec_cases();
+    let mut rng = rng(14);
+    let mut ws = GemmWorkspace::new();
+    for (shape, layouts, alpha, beta) in [
+        ((1536, 37, 300), ROW3, 1.0, 0.0),
+        (
+            (1541, 70, 513),
+            (
+                Layout::RowPadded(5),
+                Layout::ColPadded(3),
+                Layout::RowPadded(2),
+            ),
+            2.5,
+            1.0,
+        ),
+        (
+            (1600, 33, 257),
+            (Layout::ColMajor, Layout::General, Layout::ColMajor),
+            -1.0,
+            2.5,
+        ),
+    ] {
+        let p = Problem::new(&mut rng, shape, layouts, alpha, beta);
+        check(&cases, &p, &mut ws);
+    }
+    for isa in Isa::available() {
+        let cases = [
+            ExecCase {
+                exec: exec_for(isa),
+                threads: 1,
+            },
+            ExecCase {
+                exec: exec_for(isa).with_parallelism(Parallelism::Rayon),
+                threads: 3,
+            },
+        ];
+        let p = Problem::new(&mut rng, (1700, 100, 70), ROW3, 1.0, 0.0);
+        check(&cases, &p, &mut ws);
+    }
+}
+
 /// 3 and 4 threads (the other tests use 1 and 2): uneven chunk splits in the streamed nest,
 /// and the blocked nest with both several ic blocks and several column chunks per block (and
 /// `gemm_prepacked`, whose threads take row blocks — 1000 rows: more blocks than threads,
