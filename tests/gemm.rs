@@ -666,13 +666,13 @@ fn streamed_several_c_blocks() {
     }
 }
 
-/// From 1536 rows `gemm` packs B over all of k, in column blocks, and runs the prepacked nest: every
+/// From 1536 rows (B up to 32 MiB) `gemm` packs all of B and runs the prepacked nest: every
 /// B layout (row- and column-major, padded, the edge panel narrower than NR, k across several
 /// kc blocks with a partial last one), strided A and C, β = 0 over a NaN C and β ≠ 0, on
 /// every ISA path, 1 and 2 threads bit-identical; then 3 threads (row blocks that are not a
 /// multiple of the thread count) against 1.
 #[test]
-fn many_rows_pack_b_over_k() {
+fn many_rows_pack_whole_b() {
     let cases = exec_cases();
     let mut rng = rng(14);
     let mut ws = GemmWorkspace::new();

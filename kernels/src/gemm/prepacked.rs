@@ -420,35 +420,36 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
     }
 }
 
-/// Rows from which [`super::gemm`] packs B over all of k, a block of columns at a time, and
-/// runs [`nest`] on each block (C's blocks stay in L2 across the k loop) instead of the blocked
-/// nest (B packed a kc × nc block at a time, so every kc step reloads C). With many rows, the
-/// C traffic saved outweighs writing and re-reading the packed B. In-process against the
-/// blocked nest, calls alternating, one thread (median time ratios, results cross-checked),
-/// B packed whole: 2048³ 0.91–0.92, 3000×2000×1500 0.92, 1536×2048×2048 0.94,
-/// 4096×1024×1024 0.93, 2048×4096×1024 0.98, 2048×4096×4096 0.98, 2048×1024×4096 0.99,
-/// 4096×4096×1024 1.0; two threads 2048³ 0.95–0.96, 1536×2048×2048 0.975. Below it the
-/// blocked nest wins or ties: 1024×2048×2048 1.0, 1024³ 0.98–1.0, 480×4096×1024 1.02–1.03,
-/// 512×4096×4096 1.11 (there the packed B, 64 MiB, costs more than C's reloads).
-const COLUMN_BLOCKS_MIN_ROWS: usize = 1536;
+/// Rows from which [`super::gemm`] packs all of B into the workspace and runs [`nest`] (C's
+/// blocks stay in L2 across the k loop) instead of the blocked nest (B packed a kc × nc block
+/// at a time, so every kc step reloads C), when B is at most [`WHOLE_B_MAX_BYTES`]. With many
+/// rows, the C traffic saved outweighs writing and re-reading the packed B. In-process against
+/// the blocked nest, calls alternating, one thread (median time ratios, results
+/// cross-checked): 2048³ 0.91–0.92, 3000×2000×1500 0.92, 1536×2048×2048 0.94,
+/// 4096×1024×1024 0.93, 2048×4096×1024 0.98, 2048×1024×4096 0.99, 4096×4096×1024 1.0; two
+/// threads 2048³ 0.95–0.96, 1536×2048×2048 0.975. Below it the blocked nest wins or ties:
+/// 1024×2048×2048 1.0, 1024³ 0.98–1.0, 480×4096×1024 1.02–1.03, 512×4096×4096 1.11.
+const WHOLE_B_MIN_ROWS: usize = 1536;
 
-/// Most bytes of packed B per column block (what the workspace grows by on this path): a
-/// 4096-deep B is packed 2048 columns at a time, a 2048-deep one 4096.
-const COLUMN_BLOCK_BYTES: usize = 32 << 20;
+/// Largest packed B (bytes) [`super::gemm`] packs whole: what the workspace may grow by on
+/// this path. Larger B measured 0.98× at 2048×4096×4096 (64 MiB) but 1.04–1.12× at
+/// 1600×8192×4096 (128 MiB) packed in 32 MiB blocks of columns (A repacked per block, and
+/// blocks that a busy neighbour pushes out of the LLC), so they keep the blocked nest.
+const WHOLE_B_MAX_BYTES: usize = 32 << 20;
 
-/// Whether [`super::gemm`] takes [`gemm_b_column_blocks`] for `m` rows (past the skinny and
-/// short nests).
-pub(crate) fn column_blocks_apply(m: usize) -> bool {
-    m >= COLUMN_BLOCKS_MIN_ROWS
+/// Whether [`super::gemm`] takes [`gemm_whole_b`] for `m` rows and a k × n B packed in panels
+/// of `nr` columns (past the skinny and short nests).
+pub(crate) fn whole_b_applies(m: usize, n: usize, k: usize, nr: usize) -> bool {
+    m >= WHOLE_B_MIN_ROWS && n.div_ceil(nr) * nr * k <= WHOLE_B_MAX_BYTES / 4
 }
 
-/// `C = α·A·B + β·C` for `m, n, k ≥ 1`: B packed over all of k, [`COLUMN_BLOCK_BYTES`] of
-/// columns at a time, into the workspace, and [`nest`] run on each block as on a [`PackedB`].
+/// `C = α·A·B + β·C` for `m, n, k ≥ 1`: B packed whole into the workspace (at most
+/// [`WHOLE_B_MAX_BYTES`]), then [`nest`] as for a [`PackedB`].
 ///
 /// # Safety
 /// As for [`super::loops::gemm_blocked`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_b_column_blocks<S: Simd, const MR: usize, const NV: usize>(
+pub(crate) unsafe fn gemm_whole_b<S: Simd, const MR: usize, const NV: usize>(
     s: S,
     exec: &Exec,
     blk: &Blocking,
@@ -460,79 +461,31 @@ pub(crate) unsafe fn gemm_b_column_blocks<S: Simd, const MR: usize, const NV: us
     out: Out,
     ws: &mut GemmWorkspace,
 ) {
-    // SAFETY: forwarded from the caller.
+    let nr = NV * S::LANES;
+    let packed = ws.b.get(n.div_ceil(nr) * nr * k);
+    pack_panels(exec, blk, b, (k, n), packed);
+    let layout = PanelLayout {
+        base: packed.as_ptr(),
+        k,
+        n,
+        kc: blk.kc,
+        nr,
+    };
+    // SAFETY: the caller vouches for A, C and `out`; `layout` describes the panels just packed
+    // from B (k × n) in the workspace, which stays borrowed, unchanged, until the call ends.
     unsafe {
-        column_blocks_within::<S, MR, NV>(
+        nest::<S, MR, NV>(
             s,
             exec,
             blk,
             (m, n, k),
             alpha,
             a,
-            b,
+            layout,
             beta,
             out,
-            ws,
-            COLUMN_BLOCK_BYTES,
+            &mut ws.a,
         )
-    }
-}
-
-/// [`gemm_b_column_blocks`] with at most `block_bytes` of packed B per column block (at least
-/// one panel).
-///
-/// # Safety
-/// As for [`gemm_b_column_blocks`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn column_blocks_within<S: Simd, const MR: usize, const NV: usize>(
-    s: S,
-    exec: &Exec,
-    blk: &Blocking,
-    (m, n, k): (usize, usize, usize),
-    alpha: f32,
-    a: Strided,
-    b: Strided,
-    beta: f32,
-    out: Out,
-    ws: &mut GemmWorkspace,
-    block_bytes: usize,
-) {
-    let nr = NV * S::LANES;
-    let block_cols = (block_bytes / (4 * k) / nr * nr)
-        .max(nr)
-        .min(n.div_ceil(nr) * nr);
-    let packed = ws.b.get(block_cols * k);
-    for j0 in (0..n).step_by(block_cols) {
-        let cols = block_cols.min(n - j0);
-        pack_panels(exec, blk, b.offset(0, j0), (k, cols), packed);
-        let layout = PanelLayout {
-            base: packed.as_ptr(),
-            k,
-            n: cols,
-            kc: blk.kc,
-            nr,
-        };
-        let out = Out {
-            c: SharedMut(out.c.at(j0 * out.csc)),
-            ..out
-        };
-        // SAFETY: the caller vouches for A and for C, of which columns j0..j0+cols are this
-        // block's `out`; `layout` describes the panels just packed from B's columns
-        // j0..j0+cols (k × cols) in the workspace, unchanged until the next block.
-        unsafe {
-            nest::<S, MR, NV>(
-                s,
-                exec,
-                blk,
-                (m, cols, k),
-                alpha,
-                a,
-                layout,
-                beta,
-                out,
-                &mut ws.a,
-            )
-        }
     }
 }
 
@@ -707,91 +660,6 @@ unsafe fn column_of_prepacked_tiles<S: Simd, const MR: usize, const NV: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reference::gemm_f64;
-
-    /// B packed in several column blocks (a small budget stands in for 32 MiB), the last one
-    /// narrower than the others and than a panel, row-major and column-major B, β = 0 over a
-    /// NaN C and β ≠ 0, 1 and 2 threads: against the f64 reference.
-    #[test]
-    fn column_blocks_cover_every_column() {
-        let (m, n, k) = (40, 203, 70);
-        let a: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
-            .collect();
-        let b: Vec<f32> = (0..k * n)
-            .map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0)
-            .collect();
-        let c0: Vec<f32> = (0..m * n)
-            .map(|i| ((i * 29) % 89) as f32 / 44.0 - 1.0)
-            .collect();
-        for (threads, isa) in [1, 2]
-            .into_iter()
-            .flat_map(|t| Isa::available().into_iter().map(move |i| (t, i)))
-        {
-            let exec = Exec::new().with_isa(isa).unwrap();
-            let exec = if threads == 1 {
-                exec.with_parallelism(crate::Parallelism::Sequential)
-            } else {
-                exec
-            };
-            let blk = blocking::choose(isa, m);
-            let nr = blk.nv * isa.f32_lanes();
-            // Two panels per block: blocks of 2·NR columns and a narrow last one.
-            let budget = 2 * nr * k * 4;
-            for (b_view, beta) in [
-                (MatRef::row_major(&b, k, n).unwrap(), 0.0),
-                (MatRef::new(&b, k, n, 1, k).unwrap(), 1.5),
-            ] {
-                let mut c = if beta == 0.0 {
-                    vec![f32::NAN; m * n]
-                } else {
-                    c0.clone()
-                };
-                let a_view = MatRef::row_major(&a, m, k).unwrap();
-                let want = gemm_f64(
-                    2.0,
-                    a_view,
-                    b_view,
-                    beta,
-                    MatRef::row_major(&c0, m, n).unwrap(),
-                );
-                let out = Out {
-                    c: SharedMut(c.as_mut_ptr()),
-                    rsc: n,
-                    csc: 1,
-                };
-                let mut ws = GemmWorkspace::new();
-                macro_rules! run {
-                    ($s:ident, $mr:literal, $nv:literal) => {
-                        // SAFETY: A (m×k), B (k×n) and C (m×n, distinct elements, borrowed
-                        // mutably) are valid for the whole call.
-                        unsafe {
-                            column_blocks_within::<_, $mr, $nv>(
-                                $s,
-                                &exec,
-                                &blk,
-                                (m, n, k),
-                                2.0,
-                                strided_of(&a_view),
-                                strided_of(&b_view),
-                                beta,
-                                out,
-                                &mut ws,
-                                budget,
-                            )
-                        }
-                    };
-                }
-                with_tile!(isa, (blk.mr, blk.nv), run);
-                for (i, (&got, &want)) in c.iter().zip(&want).enumerate() {
-                    assert!(
-                        (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{isa:?} {threads}t beta={beta} element {i}: {got} vs {want}"
-                    );
-                }
-            }
-        }
-    }
 
     /// A clone's panels start on a 64-byte boundary and hold the same values, whatever the
     /// alignment of the copy's buffer.
