@@ -432,7 +432,7 @@ pub(crate) unsafe fn nest<S: Simd, const MR: usize, const NV: usize>(
 const WHOLE_B_MIN_ROWS: usize = 1536;
 
 /// Largest packed B (bytes) [`super::gemm`] packs whole: what the workspace may grow by on
-/// this path. Larger B measured 0.98× at 2048×4096×4096 (64 MiB) but 1.04–1.12× at
+/// this path. Larger B measured 0.98× at 2048×4096×4096 (64 MiB) but 1.03–1.12× at
 /// 1600×8192×4096 (128 MiB) packed in 32 MiB blocks of columns (A repacked per block, and
 /// blocks that a busy neighbour pushes out of the LLC), so they keep the blocked nest.
 const WHOLE_B_MAX_BYTES: usize = 32 << 20;
