@@ -666,6 +666,20 @@ fn streamed_several_c_blocks() {
     }
 }
 
+/// `isa` sequential, and on a pool of `threads`.
+fn sequential_and(isa: Isa, threads: usize) -> [ExecCase; 2] {
+    [
+        ExecCase {
+            exec: exec_for(isa),
+            threads: 1,
+        },
+        ExecCase {
+            exec: exec_for(isa).with_parallelism(Parallelism::Rayon),
+            threads,
+        },
+    ]
+}
+
 /// From 1536 rows (B up to 32 MiB) `gemm` packs all of B and runs the prepacked nest: every
 /// B layout (row- and column-major, padded, the edge panel narrower than NR, k across several
 /// kc blocks with a partial last one), strided A and C, β = 0 over a NaN C and β ≠ 0, on
@@ -699,16 +713,7 @@ fn many_rows_pack_whole_b() {
         check(&cases, &p, &mut ws);
     }
     for isa in Isa::available() {
-        let cases = [
-            ExecCase {
-                exec: exec_for(isa),
-                threads: 1,
-            },
-            ExecCase {
-                exec: exec_for(isa).with_parallelism(Parallelism::Rayon),
-                threads: 3,
-            },
-        ];
+        let cases = sequential_and(isa, 3);
         let p = Problem::new(&mut rng, (1700, 100, 70), ROW3, 1.0, 0.0);
         check(&cases, &p, &mut ws);
     }
@@ -725,16 +730,7 @@ fn three_and_four_threads_agree_bitwise() {
     let mut ws = GemmWorkspace::new();
     for isa in Isa::available() {
         for threads in [3, 4] {
-            let cases = [
-                ExecCase {
-                    exec: exec_for(isa),
-                    threads: 1,
-                },
-                ExecCase {
-                    exec: exec_for(isa).with_parallelism(Parallelism::Rayon),
-                    threads,
-                },
-            ];
+            let cases = sequential_and(isa, threads);
             for shape in [
                 (300, 200, 300),
                 (64, 1000, 300),
