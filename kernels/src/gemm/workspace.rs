@@ -32,6 +32,10 @@ impl AlignedBuf {
 
 /// Packing buffers for [`crate::gemm`]. Keep one per engine (or per thread that issues calls)
 /// and pass it to every call: it grows to the largest problem seen and is then reused.
+///
+/// What it grows to: a few MiB for most products (a kc × nc block of B, an mc × kc block of A
+/// per thread, or all m × kc of A for short products); products of 1536 rows or more also pack
+/// the whole of a B of up to 32 MiB into it. [`GemmWorkspace::bytes`] says what it holds.
 #[derive(Default)]
 pub struct GemmWorkspace {
     pub(crate) a: AlignedBuf,
