@@ -437,10 +437,14 @@ const WHOLE_B_MIN_ROWS: usize = 1536;
 /// blocks that a busy neighbour pushes out of the LLC), so they keep the blocked nest.
 const WHOLE_B_MAX_BYTES: usize = 32 << 20;
 
-/// Whether [`super::gemm`] takes [`gemm_whole_b`] for `m` rows and a k × n B packed in panels
-/// of `nr` columns (past the skinny and short nests).
-pub(crate) fn whole_b_applies(m: usize, n: usize, k: usize, nr: usize) -> bool {
-    m >= WHOLE_B_MIN_ROWS && n.div_ceil(nr) * nr * k <= WHOLE_B_MAX_BYTES / 4
+/// Whether [`super::gemm`] takes [`gemm_whole_b`] on `isa` for `m` rows and a k × n B packed
+/// in panels of `nr` columns (past the skinny and short nests). Not on the portable path, whose
+/// arithmetic is slow enough that C's reloads cost little: there it measured 1.04–1.06× the
+/// blocked nest's time at 1536×2048×2048 and 2048³, where AVX2 measured 0.93–0.95×.
+pub(crate) fn whole_b_applies(isa: Isa, m: usize, n: usize, k: usize, nr: usize) -> bool {
+    isa != Isa::Portable
+        && m >= WHOLE_B_MIN_ROWS
+        && n.div_ceil(nr) * nr * k <= WHOLE_B_MAX_BYTES / 4
 }
 
 /// `C = α·A·B + β·C` for `m, n, k ≥ 1`: B packed whole into the workspace (at most
