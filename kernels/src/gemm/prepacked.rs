@@ -444,7 +444,9 @@ const WHOLE_B_MAX_BYTES: usize = 32 << 20;
 pub(crate) fn whole_b_applies(isa: Isa, m: usize, n: usize, k: usize, nr: usize) -> bool {
     isa != Isa::Portable
         && m >= WHOLE_B_MIN_ROWS
-        && n.div_ceil(nr) * nr * k <= WHOLE_B_MAX_BYTES / 4
+        && n.div_ceil(nr)
+            .checked_mul(nr * k)
+            .is_some_and(|floats| floats <= WHOLE_B_MAX_BYTES / 4)
 }
 
 /// `C = α·A·B + β·C` for `m, n, k ≥ 1`: B packed whole into the workspace (at most
