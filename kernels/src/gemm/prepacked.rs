@@ -445,7 +445,8 @@ pub(crate) fn whole_b_applies(isa: Isa, m: usize, n: usize, k: usize, nr: usize)
     isa != Isa::Portable
         && m >= WHOLE_B_MIN_ROWS
         && n.div_ceil(nr)
-            .checked_mul(nr * k)
+            .checked_mul(nr)
+            .and_then(|cols| cols.checked_mul(k))
             .is_some_and(|floats| floats <= WHOLE_B_MAX_BYTES / 4)
 }
 
