@@ -140,7 +140,7 @@ fn hot_loops_allocate_nothing() {
         (40, 96, 70),
         (150, 200, 130),
         (300, 200, 130),
-        (1600, 40, 30),
+        (1600, 40, 300),
     ] {
         let a = random_vec(&mut rng, m * k);
         let b = random_vec(&mut rng, k * n);

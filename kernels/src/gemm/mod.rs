@@ -8,9 +8,9 @@
 //! - up to one L2 block of rows (`mc`) against row- or column-contiguous B: the blocked nest
 //!   with B packed just in time, slab by slab, so its memory stream overlaps the micro-kernel
 //!   ([`streamed`]);
-//! - from 1536 rows, with B up to 32 MiB (AVX2 and AVX-512): all of B packed into the
-//!   workspace, then [`gemm_prepacked`]'s nest, which keeps each block of C in L2 across the
-//!   k loop ([`prepacked`]);
+//! - from 1536 rows, k over more than one kc block, B up to 32 MiB (AVX2 and AVX-512): all of
+//!   B packed into the workspace, then [`gemm_prepacked`]'s nest, which keeps each block of C
+//!   in L2 across the k loop ([`prepacked`]);
 //! - everything else: the packed, blocked BLIS loops ([`loops`], [`microkernel`], [`pack`]),
 //!   block sizes in [`blocking`].
 //!
@@ -166,13 +166,7 @@ pub fn gemm(
             unsafe {
                 let nest = if streamed::applies(&blk, m, &sb) {
                     streamed::gemm_streamed::<_, $mr, $nv>
-                } else if prepacked::whole_b_applies(
-                    exec.isa(),
-                    m,
-                    n,
-                    k,
-                    blk.nv * exec.isa().f32_lanes(),
-                ) {
+                } else if prepacked::whole_b_applies(exec.isa(), &blk, m, n, k) {
                     prepacked::gemm_whole_b::<_, $mr, $nv>
                 } else {
                     loops::gemm_blocked::<_, $mr, $nv>

@@ -438,11 +438,17 @@ const WHOLE_B_MIN_ROWS: usize = 1536;
 const WHOLE_B_MAX_BYTES: usize = 32 << 20;
 
 /// Whether [`super::gemm`] takes [`gemm_whole_b`] on `isa` for `m` rows and a k × n B packed
-/// in panels of `nr` columns (past the skinny and short nests). Not on the portable path, whose
-/// arithmetic is slow enough that C's reloads cost little: there it measured 1.04–1.06× the
-/// blocked nest's time at 1536×2048×2048 and 2048³, where AVX2 measured 0.93–0.95×.
-pub(crate) fn whole_b_applies(isa: Isa, m: usize, n: usize, k: usize, nr: usize) -> bool {
+/// for `blk` (past the skinny and short nests). Only when k spans more than one kc block: with
+/// one, the blocked nest never reloads C, and this path measured 1.01–1.06× its time
+/// (1536×4000×100, 1600×1000×64), against 0.91–0.93× at k = 300 and 600 (1536×4000×k), and
+/// 0.84–0.93× for tall products with few columns (4096×64×4096, 2048×32×2048,
+/// 8192×128×128). Not on the portable path, whose arithmetic is slow enough that C's reloads
+/// cost little: there it measured 1.04–1.06× the blocked nest's time at 1536×2048×2048 and
+/// 2048³, where AVX2 measured 0.93–0.95×.
+pub(crate) fn whole_b_applies(isa: Isa, blk: &Blocking, m: usize, n: usize, k: usize) -> bool {
+    let nr = blk.nv * isa.f32_lanes();
     isa != Isa::Portable
+        && k > blk.kc
         && m >= WHOLE_B_MIN_ROWS
         && n.div_ceil(nr)
             .checked_mul(nr)
