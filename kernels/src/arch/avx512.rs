@@ -136,6 +136,22 @@ impl Simd for Avx512 {
         v!(_mm512_reduce_max_ps(v))
     }
 
+    #[inline(always)]
+    fn reduce_add_as_transposed(self, v: __m512) -> f32 {
+        // `transpose_sum16` adds, for each vector: lanes l and l+2 within each 128-bit lane
+        // (l first), then those pairs (the lower first), then 128-bit lanes 0+1 and 2+3, then
+        // (0+1)+(2+3). Here every lane is paired with its partner by a permute; addition
+        // commutes, so both lanes of a pair hold the same bits, and lane 0 ends up holding
+        // the sum in that order, with the same first operand at every step.
+        v!({
+            let v1 = _mm512_add_ps(v, _mm512_permute_ps::<0b01_00_11_10>(v));
+            let v2 = _mm512_add_ps(v1, _mm512_permute_ps::<0b10_11_00_01>(v1));
+            let v3 = _mm512_add_ps(v2, _mm512_shuffle_f32x4::<0b10_11_00_01>(v2, v2));
+            let v4 = _mm512_add_ps(v3, _mm512_shuffle_f32x4::<0b01_00_11_10>(v3, v3));
+            _mm512_cvtss_f32(v4)
+        })
+    }
+
     const HAS_TRANSPOSE_SUM16: bool = true;
     #[inline(always)]
     fn transpose_sum16(self, v: &[__m512; 16]) -> __m512 {
@@ -309,6 +325,50 @@ mod tests {
                 assert_eq!(dst[c * ldd + r], src[r * ld + c], "row {c}, column {r}");
             }
             assert!(dst[c * ldd + 16..(c + 1) * ldd].iter().all(|&x| x == -1.0));
+        }
+    }
+
+    /// `reduce_add_as_transposed` gives, bit for bit, the lane `transpose_sum16` gives the same
+    /// vector, on values whose sums round differently in different orders (and with NaNs of
+    /// different payloads, where the first operand of each addition decides).
+    #[test]
+    fn reduce_add_as_transposed_matches_transpose_sum16() {
+        let Some(s) = Avx512::try_new() else {
+            eprintln!("AVX-512 not available: skipped");
+            return;
+        };
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let x = ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
+                * 2f32.powi((state % 40) as i32 - 20);
+            match state % 97 {
+                0 => f32::from_bits(0x7fc0_0001),
+                1 => f32::from_bits(0xffc0_0002),
+                _ => x,
+            }
+        };
+        for _ in 0..200 {
+            let rows: [[f32; 16]; 16] = std::array::from_fn(|_| std::array::from_fn(|_| next()));
+            let (alone, together) = s.vectorize(|| {
+                // SAFETY: each row holds 16 floats.
+                let v: [__m512; 16] = std::array::from_fn(|i| unsafe { s.load(rows[i].as_ptr()) });
+                let alone: [f32; 16] = std::array::from_fn(|i| s.reduce_add_as_transposed(v[i]));
+                let mut out = [0f32; 16];
+                // SAFETY: `out` holds 16 floats.
+                unsafe { s.store(out.as_mut_ptr(), s.transpose_sum16(&v)) };
+                (alone, out)
+            });
+            for i in 0..16 {
+                assert_eq!(
+                    alone[i].to_bits(),
+                    together[i].to_bits(),
+                    "row {i}: {:?}",
+                    rows[i]
+                );
+            }
         }
     }
 

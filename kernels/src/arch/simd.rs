@@ -79,6 +79,13 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn reduce_add(self, v: Self::V) -> f32;
     /// Maximum of all lanes (NaN lanes may be ignored).
     fn reduce_max(self, v: Self::V) -> f32;
+    /// Sum of all lanes, added in exactly the order (operands included) in which
+    /// [`transpose_sum16`](Self::transpose_sum16) adds each of its vectors, so that one row
+    /// reduced alone and the same row reduced among 16 give the same bits. Paths without
+    /// `transpose_sum16` use [`reduce_add`](Self::reduce_add).
+    fn reduce_add_as_transposed(self, v: Self::V) -> f32 {
+        self.reduce_add(v)
+    }
 
     /// Whether [`transpose_sum16`](Self::transpose_sum16) is implemented (16-lane paths).
     const HAS_TRANSPOSE_SUM16: bool = false;
