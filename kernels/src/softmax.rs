@@ -160,8 +160,10 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                 // The max of row i, taken during row i − 1.
                 let mut ahead = None;
                 let end = ((t + 1) * rows_per_task).min(rows);
-                // Rows before this were done by a batch (see [`short_rows_batch`]).
+                // Rows before this were done by a batch (see [`short_rows_batch`]), whose
+                // multiplications by 1/sum are left to the next batch or done here.
                 let mut batched_to = 0;
+                let mut batch_pending = [Pending::NONE; BATCH_ROWS];
                 for i in t * rows_per_task..end {
                     if i < batched_to {
                         continue;
@@ -176,10 +178,14 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                         unsafe {
                             scale_in_place(s, pending.dst, pending.n, pending.factor);
                             pending = Pending::NONE;
-                            short_rows_batch(s, ptr, i, row_len, opts);
+                            short_rows_batch(s, ptr, i, row_len, opts, &mut batch_pending);
                         }
                         batched_to = i + BATCH_ROWS;
                         continue;
+                    }
+                    if i == batched_to {
+                        // SAFETY: the previous batch's rows belong to this task.
+                        unsafe { finish_batch(s, &mut batch_pending) };
                     }
                     let valid = valid_len(opts.mask, i, row_len);
                     let row = ptr.row(i, row_len);
@@ -249,8 +255,11 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                         };
                     }
                 }
-                // SAFETY: the last pending row is a row of this task, `n` floats long.
-                unsafe { scale_in_place(s, pending.dst, pending.n, pending.factor) };
+                // SAFETY: the last pending rows are rows of this task, `n` floats long.
+                unsafe {
+                    scale_in_place(s, pending.dst, pending.n, pending.factor);
+                    finish_batch(s, &mut batch_pending);
+                }
             }
         ))
     });
@@ -259,10 +268,10 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
 /// Rows of a batch: one `transpose_sum16` reduces all their sums.
 const BATCH_ROWS: usize = 16;
 /// Longest rows taken in batches. In-process against the one-row pipeline (one thread, 1 MiB
-/// of in-place rows, calls alternating, a busy day): 0.63–0.67× the time at 16 floats,
-/// 0.75× at 32, 0.85–0.94× at 64, 0.88–0.91× at 96, 0.98× at 112; but 1.09× at 120 and
-/// 1.08× at 128 (1.0× in the busiest runs), and 1.11× at 200 and 255, where the pipeline's
-/// overlap of one row's loads with another's arithmetic is worth more than the reductions.
+/// of in-place rows, calls alternating, a busy day): 0.79× the time at 16 and 32 floats,
+/// 0.82–0.87× at 64, 0.85× at 96, 0.85–0.88× at 112; 0.98× at 120, and 0.95–1.04× at 128,
+/// 0.97–1.01× at 144–176, 1.03–1.07× at 200–255, where the one-row pipeline (each row's max
+/// taken a row ahead) overlaps as much.
 const BATCH_MAX_LEN: usize = 112;
 
 /// Whether `s`'s path takes short rows [`BATCH_ROWS`] at a time ([`short_rows_batch`]).
@@ -278,9 +287,14 @@ fn batches_short_rows<S: Simd>(_: S) -> bool {
 /// the same order ([`Simd::reduce_add_as_transposed`]), so every row gets the same bits
 /// either way.
 ///
+/// The multiplications by 1/sum are left in `pending` (row r's for the next batch's row r,
+/// done in the loop that takes that row's max, as the one-row pipeline does); whatever is in
+/// `pending` on entry is done that way here.
+///
 /// # Safety
 /// Rows `first .. first + BATCH_ROWS` lie inside both buffers (`row_len` floats each, fewer
-/// than [`short_row_limit`]), and nothing else accesses them during the call.
+/// than [`short_row_limit`]), `pending` holds other rows of the same task, and nothing else
+/// accesses any of them during the call.
 #[inline(always)]
 unsafe fn short_rows_batch<S: Simd>(
     s: S,
@@ -288,6 +302,7 @@ unsafe fn short_rows_batch<S: Simd>(
     first: usize,
     row_len: usize,
     opts: SoftmaxOptions,
+    pending: &mut [Pending; BATCH_ROWS],
 ) {
     debug_assert!(S::HAS_TRANSPOSE_SUM16 && S::LANES == BATCH_ROWS);
     let valid: [usize; BATCH_ROWS] =
@@ -295,8 +310,10 @@ unsafe fn short_rows_batch<S: Simd>(
     let rows: [RowPtrs; BATCH_ROWS] = std::array::from_fn(|r| ptr.row(first + r, row_len));
     let mut max = [f32::NEG_INFINITY; BATCH_ROWS];
     for r in 0..BATCH_ROWS {
-        // SAFETY: row first + r spans `valid[r]` ≤ row_len readable floats.
-        max[r] = unsafe { max_of(s, rows[r].src, valid[r]) };
+        // SAFETY: row first + r spans `valid[r]` ≤ row_len readable floats; the pending row
+        // (the previous batch's row r, if any) is another row of the task.
+        max[r] = unsafe { max_of_while_scaling(s, rows[r].src, valid[r], pending[r]) };
+        pending[r] = Pending::NONE;
     }
     let mut sums = [s.zero(); BATCH_ROWS];
     let mut weighted = [false; BATCH_ROWS];
@@ -323,9 +340,25 @@ unsafe fn short_rows_batch<S: Simd>(
     unsafe { s.store(total.as_mut_ptr(), s.transpose_sum16(&sums)) };
     for r in 0..BATCH_ROWS {
         if weighted[r] {
-            // SAFETY: row first + r's `valid[r]` weights, written above.
-            unsafe { scale_in_place(s, rows[r].dst, valid[r], 1.0 / total[r]) };
+            pending[r] = Pending {
+                dst: rows[r].dst,
+                n: valid[r],
+                factor: 1.0 / total[r],
+            };
         }
+    }
+}
+
+/// Multiplies the rows a batch left pending by their factors.
+///
+/// # Safety
+/// The pending rows must be readable and writable and accessed by nobody else.
+#[inline(always)]
+unsafe fn finish_batch<S: Simd>(s: S, pending: &mut [Pending; BATCH_ROWS]) {
+    for p in pending.iter_mut() {
+        // SAFETY: the caller's rows; an empty pending entry has n = 0.
+        unsafe { scale_in_place(s, p.dst, p.n, p.factor) };
+        *p = Pending::NONE;
     }
 }
 
