@@ -24,6 +24,7 @@
 use crate::cache::KvCache;
 use crate::error::{DecodeError, Result, check_eq};
 use kernels::{Exec, OnlineSoftmax, Parallelism};
+use std::ops::Range;
 
 /// Head counts and sizes of multi-head attention: `heads` query heads share `kv_heads` KV heads
 /// (`heads = kv_heads` is MHA, `kv_heads = 1` MQA, otherwise GQA).
@@ -266,13 +267,12 @@ const PREFILL_TILE: usize = 64;
 /// One worker's buffers for a prefill tile: the runs of keys it sees, the keys and values of
 /// bf16 runs widened (f32 runs, in the cache or the chunk, are read in place; `Q·Kᵀ` reads
 /// keys through a transposed view, which the GEMM packs with register transposes), one key
-/// block's positions and scores, each query row's softmax state and the output tile.
+/// block's scores, each query row's softmax state and the output tile.
 #[derive(Default)]
 struct TileScratch {
     queries: Vec<f32>,
     key_rows: Vec<f32>,
     values: Vec<f32>,
-    positions: Vec<usize>,
     scores: Vec<f32>,
     out: Vec<f32>,
     runs: Vec<KeyRun>,
@@ -291,7 +291,7 @@ fn key_block(qrows: usize) -> usize {
     (SCORE_BLOCK_BYTES / (4 * qrows.max(1))).clamp(256, 1024) / 32 * 32
 }
 
-/// Keys at consecutive positions `pos .. pos + len`, stored `stride` floats apart.
+/// Keys at consecutive positions `pos .. pos + len`, and where their rows are.
 struct KeyRun {
     pos: usize,
     len: usize,
@@ -341,20 +341,22 @@ unsafe impl Send for SharedOut {}
 // SAFETY: as above; the pointer itself is never changed.
 unsafe impl Sync for SharedOut {}
 
-/// Sets to −∞ the scores of keys (sorted by position) that `query` does not see: the visible
-/// ones are the sinks up to the query and the contiguous run of the last `capacity − sinks`
-/// positions up to it.
+/// Sets to −∞ the scores of the keys at positions `keys` (one score each, in order) that
+/// `query` does not see: the visible ones are the sinks up to the query and the contiguous run
+/// of the last `capacity − sinks` positions up to it.
 fn mask_invisible(
     scores: &mut [f32],
-    positions: &[usize],
+    keys: Range<usize>,
     query: usize,
     capacity: usize,
     sinks: usize,
 ) {
-    let sink_end = positions.partition_point(|&p| p < sinks.min(query + 1));
+    // How many of the keys lie before position `p`.
+    let before = |p: usize| p.clamp(keys.start, keys.end) - keys.start;
+    let sink_end = before(sinks.min(query + 1));
     let window_start = sinks.max((query + 1).saturating_sub(capacity - sinks));
-    let lo = positions.partition_point(|&p| p < window_start);
-    let hi = positions.partition_point(|&p| p <= query);
+    let lo = before(window_start);
+    let hi = before(query + 1);
     let neg = f32::NEG_INFINITY;
     if hi <= lo {
         scores[sink_end..].fill(neg);
@@ -366,8 +368,8 @@ fn mask_invisible(
     debug_assert!(
         scores
             .iter()
-            .zip(positions)
-            .all(|(s, &p)| !s.is_finite() || visible(query, p, capacity, sinks))
+            .zip(keys)
+            .all(|(s, p)| !s.is_finite() || visible(query, p, capacity, sinks))
     );
 }
 
@@ -459,7 +461,6 @@ pub fn prefill_attention(
             queries,
             key_rows,
             values,
-            positions,
             scores,
             out: tile_out,
             runs,
@@ -577,10 +578,9 @@ pub fn prefill_attention(
                     &mut kernels::MatMut::row_major(scores, qrows, nb)?,
                     ws,
                 )?;
-                positions.clear();
-                positions.extend(run.pos + b0..run.pos + b0 + nb);
+                let keys = run.pos + b0..run.pos + b0 + nb;
                 for (i, row) in scores.chunks_exact_mut(nb).enumerate() {
-                    mask_invisible(row, positions, p0 + t0 + i / g, cap, sinks);
+                    mask_invisible(row, keys.clone(), p0 + t0 + i / g, cap, sinks);
                 }
                 if single_block {
                     // All the tile's keys in one block: a plain softmax, normalised weights.
