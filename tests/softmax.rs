@@ -714,6 +714,9 @@ fn online_absorb_rows_equals_absorb_per_row() {
         assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
         let r = OnlineSoftmax::absorb_rows(&exec, &mut states, &mut scores[..6], 3, &mut keep[..1]);
         assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
+        // A row length whose product with the row count overflows is an error, not a panic.
+        let r = OnlineSoftmax::absorb_rows(&exec, &mut states, &mut scores, usize::MAX, &mut keep);
+        assert!(matches!(r, Err(KernelError::ShapeMismatch { .. })), "{r:?}");
         assert_eq!((scores, keep), (vec![1.0; 7], vec![9.0; 2]));
         assert_eq!(states, vec![OnlineSoftmax::EMPTY; 2]);
     }

@@ -1054,7 +1054,8 @@ impl OnlineSoftmax {
     ) -> Result<()> {
         check_dim(
             "absorb_rows scores length vs states * row_len",
-            states.len() * row_len,
+            // An overflowing product matches no slice length.
+            states.len().saturating_mul(row_len),
             scores.len(),
         )?;
         check_dim(
