@@ -1582,7 +1582,7 @@ fn pipelined_special_rows_at_task_boundaries() {
 
 /// Causal rows whose valid length sweeps 1..=300 (every vector-block edge of the max and
 /// scaling loops, where the pending row and the row read ahead differ by two floats, and the
-/// f32-summed short-row limit), and rows crossing the look-ahead limit (1024) and the long-row
+/// f32-summed short-row limit; also in rows short enough to be batched), and rows crossing the look-ahead limit (1024) and the long-row
 /// limit (8192) on the last row of a task and on the first row of the next; special rows every
 /// few rows. Each row equals its valid prefix alone, bit for bit, and the reference,
 /// sequentially and on 2 threads.
@@ -1594,6 +1594,9 @@ fn pipelined_causal_rows_sweeping_valid_lengths() {
     // 1009; 8200 has 2 rows per task and valid 8192 on row 7 or row 6.
     for (row_len, offset, rows) in [
         (300, 0, 300),
+        // Rows short enough to go 16 at a time on AVX-512, each batch with its own lengths.
+        (100, 0, 120),
+        (112, 50, 70),
         (1100, 1010, 30),
         (1100, 1009, 30),
         (1030, 1000, 40),
