@@ -14,8 +14,8 @@ use common::{ExecCase, exec_cases, random_vec, rng};
 use decode::reference::{attend_f64, layer_f64};
 use decode::{
     AttentionLayer, CacheConfig, DecodeError, DecodeOptions, DecodeScratch, HeadConfig, KvCache,
-    KvDtype, LayerConfig, LayerScratch, LayerWeights, PrefillScratch, Rope, decode_attention,
-    prefill_attention, visible,
+    KvDtype, LayerConfig, LayerScratch, LayerWeights, PrefillScratch, Rope, choose_splits,
+    decode_attention, prefill_attention, visible,
 };
 use kernels::Exec;
 
@@ -1000,12 +1000,29 @@ fn invalid_head_and_cache_configurations() {
         DecodeScratch::new(bad, 1),
         Err(DecodeError::InvalidConfig(_))
     ));
-    for h in [heads(0, 1, 8), heads(2, 0, 8), heads(2, 1, 0)] {
+    // Every constructor reports a bad config as an error (none divides by zero first), and
+    // the public split policy stays defined for one.
+    for h in [
+        heads(0, 1, 8),
+        heads(2, 0, 8),
+        heads(2, 1, 0),
+        heads(usize::MAX / 2 + 1, 1, 2),
+    ] {
+        let invalid = |r: Result<(), DecodeError>| matches!(r, Err(DecodeError::InvalidConfig(_)));
+        assert!(invalid(h.validate()), "{h:?}");
+        assert!(invalid(DecodeScratch::new(h, 1).map(drop)), "{h:?}");
+        assert!(invalid(DecodeScratch::for_threads(h, 4).map(drop)), "{h:?}");
+        let (cfg, _) = layer_with(1, 8, heads(4, 4, 8), false, false);
         assert!(
-            matches!(h.validate(), Err(DecodeError::InvalidConfig(_))),
+            invalid(LayerScratch::new(&LayerConfig { heads: h, ..cfg }, 4).map(drop)),
             "{h:?}"
         );
+        assert!(choose_splits(&h, 4096, 4, 8) >= 1);
     }
+    assert!(matches!(
+        DecodeScratch::new(heads(4, 2, 8), usize::MAX),
+        Err(DecodeError::InvalidConfig(m)) if m.contains("max_splits")
+    ));
     let (cfg, w) = layer_with(1, 8, heads(4, 4, 8), false, false);
     assert!(matches!(
         AttentionLayer::new(LayerConfig { heads: bad, ..cfg }, w.clone()),

@@ -53,12 +53,19 @@ impl HeadConfig {
                 self.heads, self.kv_heads
             )));
         }
+        if self.heads.checked_mul(self.head_dim).is_none() {
+            return Err(DecodeError::InvalidConfig(format!(
+                "heads ({}) × head_dim ({}) overflows usize",
+                self.heads, self.head_dim
+            )));
+        }
         Ok(())
     }
 
-    /// Query heads per KV head.
+    /// Query heads per KV head (0 when `kv_heads` is 0, which [`validate`](Self::validate)
+    /// rejects).
     pub fn group(&self) -> usize {
-        self.heads / self.kv_heads
+        self.heads.checked_div(self.kv_heads).unwrap_or(0)
     }
 
     /// `1/√head_dim`.
@@ -102,6 +109,12 @@ impl DecodeScratch {
     pub fn new(heads: HeadConfig, max_splits: usize) -> Result<Self> {
         heads.validate()?;
         let max_splits = max_splits.max(1);
+        if heads.kv_heads.checked_mul(max_splits).is_none() {
+            return Err(DecodeError::InvalidConfig(format!(
+                "kv_heads ({}) × max_splits ({max_splits}) overflows usize",
+                heads.kv_heads
+            )));
+        }
         let g = heads.group();
         let partials = (0..heads.kv_heads * max_splits)
             .map(|_| Partial {
@@ -120,6 +133,7 @@ impl DecodeScratch {
 
     /// Scratch sized for `threads` threads and the default split policy.
     pub fn for_threads(heads: HeadConfig, threads: usize) -> Result<Self> {
+        heads.validate()?;
         Self::new(heads, default_max_splits(&heads, threads))
     }
 
@@ -143,7 +157,11 @@ impl DecodeScratch {
 
 fn default_max_splits(heads: &HeadConfig, threads: usize) -> usize {
     // Enough (KV head, split) items for two per thread.
-    (2 * threads).div_ceil(heads.kv_heads).max(1)
+    // (`max(1)` keeps an unvalidated config from dividing by zero; callers validate.)
+    threads
+        .saturating_mul(2)
+        .div_ceil(heads.kv_heads.max(1))
+        .max(1)
 }
 
 /// The split count the decode kernel uses for `len` keys.

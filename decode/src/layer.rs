@@ -69,6 +69,7 @@ impl LayerScratch {
     /// Scratch for `cfg` on up to `threads` threads.
     pub fn new(cfg: &LayerConfig, threads: usize) -> Result<Self> {
         let h = &cfg.heads;
+        h.validate()?;
         Ok(Self {
             q: vec![0.0; h.heads * h.head_dim],
             k: vec![0.0; h.kv_heads * h.head_dim],
