@@ -271,15 +271,20 @@ pub fn random_vec(seed: u64, n: usize) -> Result<kernels::LargeBuffer<f32>> {
     Ok(v)
 }
 
-/// The prefix of the note on a record whose output disagrees with its baseline's; the report
-/// lists such records under its table.
-pub const MISMATCH: &str = "MISMATCH vs baseline";
+/// The prefix of the note on a record whose output disagrees with a check; the report lists
+/// such records under its table.
+pub const MISMATCH: &str = "MISMATCH";
+/// The note on a record whose output disagrees with its baseline's.
+pub const MISMATCH_BASELINE: &str = "MISMATCH vs baseline";
+/// The note on a record whose output disagrees with the f64 reference.
+pub const MISMATCH_F64: &str = "MISMATCH vs f64 reference";
 
-/// The note for an implementation whose output `got` differs from the baseline's `reference`
-/// by more than `tol` (relative to the largest `|reference|`), or `None` when it agrees.
-pub fn mismatch_note(got: &[f32], reference: &[f32], tol: f64) -> Option<String> {
+/// The note for an implementation whose output `got` differs from `reference` (what `against`
+/// names: [`MISMATCH_BASELINE`] or [`MISMATCH_F64`]) by more than `tol` relative to the largest
+/// `|reference|`, or `None` when it agrees.
+pub fn mismatch_note(against: &str, got: &[f32], reference: &[f32], tol: f64) -> Option<String> {
     let err = max_rel_diff(got, reference);
-    (err > tol).then(|| format!("{MISMATCH}: rel err {err:.2e}"))
+    (err > tol).then(|| format!("{against}: rel err {err:.2e}"))
 }
 
 /// Largest `|a − b|` relative to the largest `|b|` (0 for empty inputs).

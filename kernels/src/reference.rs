@@ -1,4 +1,5 @@
-//! Plain f64 references: the oracle shared by the tests, the harness's checks and the benches.
+//! Plain f64 references: the oracle of the tests and of the harness's checks (the benches
+//! time only; the tests vouch for what they time).
 //! Written for clarity, not speed.
 
 use crate::view::MatRef;
@@ -6,16 +7,15 @@ use crate::view::MatRef;
 /// `α·A·B + β·C₀` in f64, returned row-major (m × n). When β = 0 or α = 0, the ignored operand
 /// is not read, matching [`crate::gemm`]'s semantics.
 pub fn gemm_f64(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c0: MatRef<'_>) -> Vec<f64> {
-    let (m, n, k) = (a.rows(), b.cols(), a.cols());
+    let (m, n) = (a.rows(), b.cols());
     let mut out = vec![0.0f64; m * n];
     for i in 0..m {
         for j in 0..n {
-            let mut dot = 0.0f64;
-            if alpha != 0.0 {
-                for p in 0..k {
-                    dot += a.at(i, p) as f64 * b.at(p, j) as f64;
-                }
-            }
+            let dot = if alpha != 0.0 {
+                dot_f64(a, b, i, j).0
+            } else {
+                0.0
+            };
             let prior = if beta == 0.0 {
                 0.0
             } else {
@@ -27,16 +27,23 @@ pub fn gemm_f64(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c0: MatRef<
     out
 }
 
+/// Element (i, j) of A·B in f64, and `Σ_p |A[i,p]|·|B[p,j]|` (the scale of its rounding
+/// error): for spot checks of products too large to recompute whole.
+pub fn dot_f64(a: MatRef<'_>, b: MatRef<'_>, i: usize, j: usize) -> (f64, f64) {
+    (0..a.cols()).fold((0.0, 0.0), |(dot, abs), p| {
+        let t = a.at(i, p) as f64 * b.at(p, j) as f64;
+        (dot + t, abs + t.abs())
+    })
+}
+
 /// `Σ_p |A[i,p]|·|B[p,j]|` for every (i, j): the scale that bounds rounding error of a dot
 /// product (error ≤ γ_k · this), used to set per-element tolerances.
 pub fn gemm_abs_f64(a: MatRef<'_>, b: MatRef<'_>) -> Vec<f64> {
-    let (m, n, k) = (a.rows(), b.cols(), a.cols());
+    let (m, n) = (a.rows(), b.cols());
     let mut out = vec![0.0f64; m * n];
     for i in 0..m {
         for j in 0..n {
-            out[i * n + j] = (0..k)
-                .map(|p| (a.at(i, p) as f64 * b.at(p, j) as f64).abs())
-                .sum();
+            out[i * n + j] = dot_f64(a, b, i, j).1;
         }
     }
     out

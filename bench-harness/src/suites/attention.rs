@@ -117,7 +117,12 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         isa: Some(isa.name().into()),
                         threads: Some(t),
                         vs_baseline: Some(base.median / st.median),
-                        note: crate::runner::mismatch_note(bench.output(), &reference, 1e-3),
+                        note: crate::runner::mismatch_note(
+                            crate::runner::MISMATCH_BASELINE,
+                            bench.output(),
+                            &reference,
+                            1e-3,
+                        ),
                         pct_peak_paired: paired,
                         ..template.clone()
                     }

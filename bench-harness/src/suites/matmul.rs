@@ -4,7 +4,9 @@
 use crate::config::RunConfig;
 use crate::error::Result;
 use crate::record::Record;
-use crate::runner::{Ctx, PairedRoof, exec_for, mismatch_note, random_vec};
+use crate::runner::{
+    Ctx, MISMATCH_BASELINE, MISMATCH_F64, PairedRoof, exec_for, mismatch_note, random_vec,
+};
 use crate::sweep::MatShape;
 use kernels::{GemmWorkspace, MatMut, MatRef, PackedB, gemm, gemm_prepacked};
 
@@ -141,6 +143,27 @@ fn paired_roof(ctx: &Ctx, s: &MatShape, isa: kernels::Isa, threads: usize) -> Op
     })
 }
 
+/// Compares 64 entries of `c = a·b` (row-major) spread over the matrix with the f64
+/// reference, against the worst-case bound of a k-term f32 dot product (k·ε relative to
+/// `Σ|a||b|`): a note when one is outside it.
+fn spot_check(a: MatRef<'_>, b: MatRef<'_>, c: &[f32]) -> Option<String> {
+    let (m, n, k) = (a.rows(), b.cols(), a.cols());
+    if m == 0 || n == 0 {
+        return None;
+    }
+    (0..64usize).find_map(|t| {
+        let (i, j) = (t * 7919 % m, t * 104_729 % n);
+        let (want, scale) = kernels::reference::dot_f64(a, b, i, j);
+        let err = (c[i * n + j] as f64 - want).abs();
+        (err.is_nan() || err > k.max(1) as f64 * f32::EPSILON as f64 * scale).then(|| {
+            format!(
+                "{MISMATCH_F64}: C[{i},{j}] = {} against {want:e}",
+                c[i * n + j]
+            )
+        })
+    })
+}
+
 fn base_record(s: &MatShape, copies: usize) -> Record {
     Record {
         shape: Some(if copies > 1 {
@@ -251,7 +274,8 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
                         isa: Some(isa.name().into()),
                         threads: Some(t),
                         vs_baseline: Some(base.median / st.median),
-                        note: mismatch_note(&c, &reference, 1e-3),
+                        note: mismatch_note(MISMATCH_BASELINE, &c, &reference, 1e-3)
+                            .or_else(|| spot_check(av, bvs[0], &c)),
                         pct_peak_paired: paired,
                         ..base_record(s, copies)
                     }
