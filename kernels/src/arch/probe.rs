@@ -26,7 +26,10 @@ fn has_32_registers<S: Simd>(_: S) -> bool {
 
 #[inline(always)]
 fn fma_chains<S: Simd, const CHAINS: usize>(s: S, iterations: usize) -> f64 {
-    let mut acc: [S::V; CHAINS] = std::array::from_fn(|i| s.splat(i as f32 * 1e-3));
+    let mut acc = [s.zero(); CHAINS];
+    for (i, a) in acc.iter_mut().enumerate() {
+        *a = s.splat(i as f32 * 1e-3);
+    }
     let x = s.splat(std::hint::black_box(0.999_999));
     let y = s.splat(std::hint::black_box(1e-7));
     for _ in 0..iterations {

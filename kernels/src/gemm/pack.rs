@@ -102,7 +102,12 @@ unsafe fn pack_a_rows_4x4<const MR: usize>(a: Strided, rows: usize, kc: usize, d
         // stores go to p'·MR + g .. + 4 with p' < kc, inside the MR·kc destination.
         unsafe {
             for p in (0..full).step_by(4) {
-                let x: [__m128; 4] = std::array::from_fn(|u| _mm_loadu_ps(r[u].add(p)));
+                let x = [
+                    _mm_loadu_ps(r[0].add(p)),
+                    _mm_loadu_ps(r[1].add(p)),
+                    _mm_loadu_ps(r[2].add(p)),
+                    _mm_loadu_ps(r[3].add(p)),
+                ];
                 let lo01 = _mm_unpacklo_ps(x[0], x[1]);
                 let lo23 = _mm_unpacklo_ps(x[2], x[3]);
                 let hi01 = _mm_unpackhi_ps(x[0], x[1]);
