@@ -1543,7 +1543,9 @@ fn check_batch_rows(exec: &Exec, got: &[f32], data: &[f32], row_len: usize, o: S
 #[test]
 fn pipelined_special_rows_at_task_boundaries() {
     let mut rng = rng(95);
-    for row_len in [1, 8, 16, 33, 100, 112, 113, 300, 700, 1000, 1023, 1024] {
+    for row_len in [
+        1, 5, 7, 8, 9, 15, 16, 17, 33, 100, 112, 113, 300, 700, 1000, 1023, 1024,
+    ] {
         let rpt = rows_per_task(usize::MAX / 2 / row_len, row_len, 2);
         let rows = 2 * rpt + 3;
         assert_eq!(rows_per_task(rows, row_len, 1), rpt);
@@ -1594,6 +1596,11 @@ fn pipelined_causal_rows_sweeping_valid_lengths() {
     // 1009; 8200 has 2 rows per task and valid 8192 on row 7 or row 6.
     for (row_len, offset, rows) in [
         (300, 0, 300),
+        // Rows of at most one vector, one per lane (every valid length of a group differs),
+        // and prefixes of one vector in a longer row, done the same way.
+        (12, 0, 40),
+        (16, 5, 40),
+        (20, 0, 40),
         // Rows short enough to go 16 at a time on AVX-512, each batch with its own lengths.
         (100, 0, 120),
         (112, 50, 70),

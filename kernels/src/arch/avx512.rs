@@ -124,6 +124,10 @@ impl Simd for Avx512 {
         v!(_mm512_mul_ps(a, b))
     }
     #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        v!(_mm512_div_ps(a, b))
+    }
+    #[inline(always)]
     fn max(self, a: __m512, b: __m512) -> __m512 {
         v!(_mm512_max_ps(a, b))
     }

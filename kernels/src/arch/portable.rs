@@ -129,6 +129,10 @@ impl Simd for Portable {
         a * b
     }
     #[inline(always)]
+    fn div(self, a: f32x8, b: f32x8) -> f32x8 {
+        a / b
+    }
+    #[inline(always)]
     fn max(self, a: f32x8, b: f32x8) -> f32x8 {
         // `a > b ? a : b`: a NaN in either lane gives `b`, as x86 `maxps` does.
         a.simd_gt(b).bitselect(a, b)

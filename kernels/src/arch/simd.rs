@@ -72,6 +72,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b`.
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`, correctly rounded (as a scalar division is).
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise maximum. Where exactly one operand is NaN the result is `b`'s lane
     /// (x86 `maxps` semantics on every path), so callers put the running value in `a`.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
