@@ -288,3 +288,41 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spot check passes a correct product and flags a sampled entry off by 1e-3 of its
+    /// `Σ|a||b|` (~30× the bound at k = 300), or NaN.
+    #[test]
+    fn spot_check_flags_wrong_entries() {
+        let (m, n, k) = (37, 53, 300);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5) % 11) as f32 * 0.25).collect();
+        let (av, bv) = (
+            MatRef::row_major(&a, m, k).unwrap(),
+            MatRef::row_major(&b, k, n).unwrap(),
+        );
+        let mut c = vec![0.0f32; m * n];
+        gemm(
+            &kernels::Exec::sequential(),
+            1.0,
+            av,
+            bv,
+            0.0,
+            &mut MatMut::row_major(&mut c, m, n).unwrap(),
+            &mut GemmWorkspace::new(),
+        )
+        .unwrap();
+        assert_eq!(spot_check(av, bv, &c), None);
+        // Entry (7919 % m, 104729 % n) is the check's second sample.
+        let at = (7919 % m) * n + 104_729 % n;
+        let (i, j) = (at / n, at % n);
+        c[at] += (1e-3 * kernels::reference::dot_f64(av, bv, i, j).1) as f32;
+        let note = spot_check(av, bv, &c).expect("a wrong entry is flagged");
+        assert!(note.starts_with(MISMATCH_F64), "{note}");
+        c[at] = f32::NAN;
+        assert!(spot_check(av, bv, &c).is_some());
+    }
+}
