@@ -23,20 +23,48 @@ fn opts(scale: f32, mask: Mask) -> SoftmaxOptions {
     SoftmaxOptions { scale, mask }
 }
 
-/// Softmax of `data` (rows of `row_len`) both out of place and in place; asserts the two agree
-/// bit for bit and returns the result.
+/// Floats of sentinel on each side of every output [`softmax`] writes (odd, so that outputs
+/// also start off the vector alignment).
+const GUARD: usize = 37;
+const SENTINEL: u32 = 0x7fc0_0bad;
+
+/// Softmax of `data` (rows of `row_len`) both out of place and in place, each into the middle
+/// of a buffer with [`GUARD`] sentinels on both sides; asserts the two agree bit for bit and
+/// that no sentinel changed, and returns the result.
 fn softmax(exec: &Exec, data: &[f32], row_len: usize, o: SoftmaxOptions) -> Vec<f32> {
-    let mut out = vec![f32::from_bits(0x7fc0_0bad); data.len()];
-    softmax_rows_into(exec, data, &mut out, row_len, o).expect("softmax_rows_into");
-    let mut inplace = data.to_vec();
-    softmax_rows(exec, &mut inplace, row_len, o).expect("softmax_rows");
+    let guarded = |inner: &[f32]| {
+        let mut buf = vec![f32::from_bits(SENTINEL); inner.len() + 2 * GUARD];
+        buf[GUARD..GUARD + inner.len()].copy_from_slice(inner);
+        buf
+    };
+    let check_guards = |buf: &[f32], what: &str| {
+        let n = buf.len() - 2 * GUARD;
+        let intact = buf[..GUARD]
+            .iter()
+            .chain(&buf[GUARD + n..])
+            .all(|v| v.to_bits() == SENTINEL);
+        assert!(
+            intact,
+            "[{}] {what} softmax (row_len {row_len}, {o:?}) wrote outside its output",
+            exec.isa()
+        );
+    };
+    let n = data.len();
+    let mut out = guarded(&vec![f32::from_bits(SENTINEL); n]);
+    softmax_rows_into(exec, data, &mut out[GUARD..GUARD + n], row_len, o)
+        .expect("softmax_rows_into");
+    check_guards(&out, "out-of-place");
+    let mut inplace = guarded(data);
+    softmax_rows(exec, &mut inplace[GUARD..GUARD + n], row_len, o).expect("softmax_rows");
+    check_guards(&inplace, "in-place");
+    let (out, inplace) = (&out[GUARD..GUARD + n], &inplace[GUARD..GUARD + n]);
     assert_eq!(
-        bits(&out),
-        bits(&inplace),
+        bits(out),
+        bits(inplace),
         "[{}] in-place and out-of-place softmax differ",
         exec.isa()
     );
-    out
+    out.to_vec()
 }
 
 fn bits(x: &[f32]) -> Vec<u32> {
