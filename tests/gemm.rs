@@ -55,14 +55,19 @@ enum Layout {
     General,
     /// Column stride `2·rows + 1`, row stride 2 (the transpose of `General`).
     GeneralT,
+    /// Row stride 0: every row is the same vector (inputs only; `MatMut` refuses it).
+    RowBroadcast,
+    /// Column stride 0: every column is the same vector (inputs only).
+    ColBroadcast,
 }
 
-const LAYOUTS: [Layout; 5] = [
+const LAYOUTS: [Layout; 6] = [
     Layout::RowMajor,
     Layout::ColMajor,
     Layout::RowPadded(3),
     Layout::ColPadded(3),
     Layout::General,
+    Layout::GeneralT,
 ];
 
 impl Layout {
@@ -75,6 +80,8 @@ impl Layout {
             Layout::ColPadded(p) => (1, rows + p),
             Layout::General => (2 * cols + 1, 2),
             Layout::GeneralT => (2, 2 * rows + 1),
+            Layout::RowBroadcast => (0, 1),
+            Layout::ColBroadcast => (1, 0),
         }
     }
 
@@ -787,6 +794,32 @@ fn all_layouts() {
                     let p = Problem::new(&mut rng, shape, (la, lb, lc), alpha, beta);
                     check(&cases, &p, &mut ws);
                 }
+            }
+        }
+    }
+}
+
+/// Operands with a zero stride (`MatRef` allows them: one row or column standing for all),
+/// as A and as B, against row- and column-major C, on shapes that take each nest: GEMV,
+/// direct and skinny rows, the streamed nest and the blocked one (k over several blocks).
+#[test]
+fn broadcast_operands() {
+    let cases = exec_cases();
+    let mut rng = rng(11);
+    let mut ws = GemmWorkspace::new();
+    let broadcasts = [Layout::RowBroadcast, Layout::ColBroadcast];
+    let mut idx = 0;
+    for shape in [(1, 300, 200), (5, 70, 129), (40, 100, 300), (300, 70, 600)] {
+        for la in broadcasts.into_iter().chain([Layout::RowMajor]) {
+            for lb in broadcasts.into_iter().chain([Layout::ColMajor]) {
+                if !broadcasts.contains(&la) && !broadcasts.contains(&lb) {
+                    continue;
+                }
+                let lc = [Layout::RowMajor, Layout::ColMajor][idx % 2];
+                let (alpha, beta) = [(1.0, 0.0), (2.5, 1.0)][idx / 2 % 2];
+                idx += 1;
+                let p = Problem::new(&mut rng, shape, (la, lb, lc), alpha, beta);
+                check(&cases, &p, &mut ws);
             }
         }
     }
