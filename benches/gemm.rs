@@ -115,7 +115,9 @@ fn square(c: &mut Criterion) {
 
 fn llm_shapes(c: &mut Criterion) {
     bench_shape(c, "gemv", 1, 4096, 4096, false);
+    // Both orientations of a 4096 ↔ 11008 MLP matrix: up (n = 11008) and down (k = 11008).
     bench_shape(c, "gemv", 1, 11008, 4096, false);
+    bench_shape(c, "gemv", 1, 4096, 11008, false);
     bench_shape(c, "skinny", 16, 4096, 4096, false);
     bench_shape(c, "prefill", 128, 4096, 4096, false);
     bench_shape(c, "qkt", 1, 4096, 128, true);
