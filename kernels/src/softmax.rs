@@ -349,7 +349,7 @@ unsafe fn tiny_rows<S: Simd>(
         let col = |j: usize| cols.wrapping_add(j * lanes);
         let mut max = s.splat(f32::NEG_INFINITY);
         for j in 0..row_len {
-            // SAFETY: column j < row_len < LANES of `cols`.
+            // SAFETY: column j < row_len ≤ LANES of `cols`.
             max = s.max(max, unsafe { s.load(col(j)) });
         }
         // Rows whose max is not finite (all −∞, +∞, NaN) are done element by element below;
@@ -367,7 +367,7 @@ unsafe fn tiny_rows<S: Simd>(
         ];
         let mut part = [s.zero(); 4];
         for j in 0..row_len {
-            // SAFETY: column j < LANES of `cols`, read and then overwritten.
+            // SAFETY: column j < row_len ≤ LANES of `cols`, read and then overwritten.
             unsafe {
                 let x = s.load(col(j));
                 let e = s.exp2_nonpositive(match form {
@@ -392,7 +392,7 @@ unsafe fn tiny_rows<S: Simd>(
         for r in 0..count {
             let dst = ptr.dst.wrapping_add((first + r) * row_len);
             let n = valid[r];
-            // SAFETY: row first + r spans `row_len < LANES` writable floats; the source row
+            // SAFETY: row first + r spans `row_len ≤ LANES` writable floats; the source row
             // was copied to `input` (in place, `dst` is the source), and `n ≤ row_len`.
             unsafe {
                 if special[r] {
