@@ -825,6 +825,39 @@ fn broadcast_operands() {
     }
 }
 
+/// A zero-stride view may be far longer than its buffer: k = 2^14 over one float of A and
+/// one row of B is computed exactly (every partial sum is a multiple of 1/8 below 2^11), and
+/// a k whose packed rows could not be sized (2^61 + 1) is a `SizeOverflow` error that leaves
+/// C untouched, on the GEMV, direct, streamed and blocked paths alike.
+#[test]
+fn broadcast_views_of_huge_k() {
+    let one_a = [0.5f32];
+    let row_b = [0.25f32; 64];
+    for case in exec_cases() {
+        for (m, n) in [(1, 64), (2, 64), (40, 64), (300, 64)] {
+            let ctx = format!("[{case}] m={m} n={n}");
+            let mut ws = GemmWorkspace::new();
+            let k = 1 << 14;
+            let a = MatRef::new(&one_a, m, k, 0, 0).unwrap();
+            let b = MatRef::new(&row_b, k, n, 0, 1).unwrap();
+            let mut c = vec![poison(); m * n];
+            let mut cv = MatMut::row_major(&mut c, m, n).unwrap();
+            case.run(|| gemm(&case.exec, 1.0, a, b, 0.0, &mut cv, &mut ws))
+                .unwrap_or_else(|e| panic!("{ctx}: {e}"));
+            assert!(c.iter().all(|&v| v == 2048.0), "{ctx}: {:?}", &c[..4]);
+
+            let k = (1usize << 61) + 1;
+            let a = MatRef::new(&one_a, m, k, 0, 0).unwrap();
+            let b = MatRef::new(&row_b, k, n, 0, 1).unwrap();
+            let mut c = vec![3.0f32; m * n];
+            let mut cv = MatMut::row_major(&mut c, m, n).unwrap();
+            let r = case.run(|| gemm(&case.exec, 1.0, a, b, 0.0, &mut cv, &mut ws));
+            assert_eq!(r, Err(KernelError::SizeOverflow), "{ctx}");
+            assert!(c.iter().all(|&v| v == 3.0), "{ctx}: C changed");
+        }
+    }
+}
+
 /// α, β ∈ {0, 1, 2.5}: β = 0 never reads C (pre-filled with NaN), α = 0 never reads A or B
 /// (NaN) and gives exactly β·C₀ (0 when β = 0); k = 0 behaves as α = 0.
 #[test]

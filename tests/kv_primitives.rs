@@ -407,3 +407,15 @@ fn attend_partial_against_f64() {
         }
     }
 }
+
+/// The sizing helpers saturate instead of wrapping or dividing by zero on sizes no buffer has.
+#[test]
+fn sizing_helpers_saturate() {
+    assert_eq!(kernels::attend_scratch_len(usize::MAX / 2, 1), usize::MAX);
+    assert_eq!(kernels::attend_scratch_len(2, usize::MAX / 2), usize::MAX);
+    assert_eq!(
+        kernels::attend_block_rows(1 << 62, kernels::KvDtype::F32),
+        8
+    );
+    assert!(kernels::attend_scratch_len(4, 128) >= 4 * 2 * 128);
+}

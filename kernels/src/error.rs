@@ -37,7 +37,8 @@ pub enum KernelError {
         /// Column stride, in elements.
         col_stride: usize,
     },
-    /// Shape arithmetic (rows × strides) overflows `usize`.
+    /// Shape arithmetic (rows × strides, or a buffer's size in bytes) overflows `usize` or
+    /// `isize::MAX`.
     SizeOverflow,
     /// An instruction set was requested that this CPU (or this build) does not have.
     IsaUnavailable(crate::Isa),

@@ -1,6 +1,7 @@
 //! Plain f64 references: the oracle of the tests and of the harness's checks (the benches
 //! time only; the tests vouch for what they time).
-//! Written for clarity, not speed.
+//! Written for clarity, not speed. Being oracles, they panic (with the mismatch named) on
+//! operands whose shapes do not fit together, rather than return errors.
 
 use crate::view::MatRef;
 
@@ -8,6 +9,12 @@ use crate::view::MatRef;
 /// is not read, matching [`crate::gemm`]'s semantics.
 pub fn gemm_f64(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c0: MatRef<'_>) -> Vec<f64> {
     let (m, n) = (a.rows(), b.cols());
+    assert_eq!(a.cols(), b.rows(), "gemm_f64: A's columns vs B's rows");
+    assert_eq!(
+        (c0.rows(), c0.cols()),
+        (m, n),
+        "gemm_f64: C₀'s shape vs m × n"
+    );
     let mut out = vec![0.0f64; m * n];
     for i in 0..m {
         for j in 0..n {
@@ -30,6 +37,7 @@ pub fn gemm_f64(alpha: f32, a: MatRef<'_>, b: MatRef<'_>, beta: f32, c0: MatRef<
 /// Element (i, j) of A·B in f64, and `Σ_p |A[i,p]|·|B[p,j]|` (the scale of its rounding
 /// error): for spot checks of products too large to recompute whole.
 pub fn dot_f64(a: MatRef<'_>, b: MatRef<'_>, i: usize, j: usize) -> (f64, f64) {
+    assert_eq!(a.cols(), b.rows(), "dot_f64: A's columns vs B's rows");
     (0..a.cols()).fold((0.0, 0.0), |(dot, abs), p| {
         let t = a.at(i, p) as f64 * b.at(p, j) as f64;
         (dot + t, abs + t.abs())

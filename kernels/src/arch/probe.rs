@@ -42,7 +42,7 @@ fn fma_chains<S: Simd, const CHAINS: usize>(s: S, iterations: usize) -> f64 {
         total = s.add(total, a);
     }
     std::hint::black_box(s.reduce_add(total));
-    (iterations * CHAINS * S::LANES * 2) as f64
+    iterations as f64 * (CHAINS * S::LANES * 2) as f64
 }
 
 /// Sums `data` with the widest loads of `isa` and four independent accumulators: the "plain
@@ -51,7 +51,10 @@ fn fma_chains<S: Simd, const CHAINS: usize>(s: S, iterations: usize) -> f64 {
 pub fn sum_probe(isa: Isa, data: &[f32], threads: usize) -> f32 {
     if threads > 1 && data.len() >= 1 << 14 {
         use rayon::prelude::*;
-        let chunk = data.len().div_ceil(threads * 4).next_multiple_of(64);
+        let chunk = data
+            .len()
+            .div_ceil(threads.saturating_mul(4))
+            .next_multiple_of(64);
         return data.par_chunks(chunk).map(|c| sum_probe(isa, c, 1)).sum();
     }
     let isa = if isa.is_available() {

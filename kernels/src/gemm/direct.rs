@@ -96,7 +96,7 @@ pub(crate) unsafe fn gemm_direct<S: Simd, const MR: usize, const NV: usize>(
     out: Out,
     ws: &mut GemmWorkspace,
 ) {
-    debug_assert!(m <= MR && b.cs == 1);
+    debug_assert!(m <= MR && b.cs == 1 && MR <= super::MAX_ROWS_PACKED_WHOLE);
     let nr = NV * S::LANES;
     let kb_max = rows_per_block(b.rs).min(k);
     let a_buf = ws.a.get(MR * k);

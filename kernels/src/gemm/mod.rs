@@ -51,7 +51,7 @@ pub use prepacked::{PackedB, gemm_prepacked};
 pub use workspace::GemmWorkspace;
 
 use crate::arch::with_simd;
-use crate::error::{Result, check_dim};
+use crate::error::{KernelError, Result, check_dim};
 use crate::exec::{Exec, SharedMut};
 use crate::view::{MatMut, MatRef};
 use loops::Out;
@@ -61,6 +61,8 @@ use pack::Strided;
 ///
 /// Shapes are checked first; on error nothing is written. `ws` holds the packing buffers and
 /// grows to the largest problem seen, so repeated calls allocate nothing.
+/// [`KernelError::SizeOverflow`] when zero-stride views make k so large that 16 rows of A
+/// over all of k would exceed `isize::MAX` bytes (no real buffer is that large).
 ///
 /// ```
 /// use kernels::{gemm, Exec, GemmWorkspace, MatMut, MatRef};
@@ -201,8 +203,20 @@ fn prologue(
         scale(c, beta);
         return Ok(None);
     }
+    // A view with a zero stride can be far larger than its buffer, and the nests gather or
+    // pack up to max(m, 16) rows of A over all of k (the GEMV and direct paths): refuse k
+    // whose workspace could not even be sized, instead of letting the size wrap.
+    let gathered = k
+        .checked_mul(m.max(MAX_ROWS_PACKED_WHOLE))
+        .and_then(|floats| floats.checked_mul(std::mem::size_of::<f32>()));
+    if gathered.is_none_or(|bytes| bytes > isize::MAX as usize) {
+        return Err(KernelError::SizeOverflow);
+    }
     Ok(Some((m, n, k)))
 }
+
+/// Most rows a nest packs over the whole of k at once (the direct nest's tile, at most 16).
+const MAX_ROWS_PACKED_WHOLE: usize = 16;
 
 /// The rows of an m×k view as one contiguous row-major slice: the view's own memory when it
 /// already is (rows contiguous and, beyond one row, k apart), else gathered into `buf`.

@@ -14,8 +14,12 @@ pub const MAX_ATTEND_BLOCK_ROWS: usize = 512;
 
 /// Floats of scratch [`attend_partial`] needs for `g` heads of `head_dim`: a score block per
 /// head, and room to hold q and the accumulators in the bf16 fast path's element order.
+/// Saturates at `usize::MAX` (a size no buffer has) rather than wrapping.
 pub fn attend_scratch_len(g: usize, head_dim: usize) -> usize {
-    g * (MAX_ATTEND_BLOCK_ROWS + 2 * head_dim)
+    head_dim
+        .saturating_mul(2)
+        .saturating_add(MAX_ATTEND_BLOCK_ROWS)
+        .saturating_mul(g)
 }
 
 /// Rows of keys (and of values) per block of [`attend_partial`]: each key and value row is
@@ -24,7 +28,7 @@ pub fn attend_scratch_len(g: usize, head_dim: usize) -> usize {
 /// 0.97× the time for a group of 4 heads over a 32 MiB cache, paired in-process; 1.0× for one
 /// head; 128 KiB measured the same as 64).
 pub fn attend_block_rows(head_dim: usize, dtype: KvDtype) -> usize {
-    (64 * 1024 / (head_dim.max(1) * dtype.bytes())).clamp(8, MAX_ATTEND_BLOCK_ROWS)
+    (64 * 1024 / head_dim.max(1).saturating_mul(dtype.bytes())).clamp(8, MAX_ATTEND_BLOCK_ROWS)
 }
 
 /// The flash-decoding inner loop for a group of `g` query heads that share one KV head:
@@ -32,8 +36,10 @@ pub fn attend_block_rows(head_dim: usize, dtype: KvDtype) -> usize {
 /// head folds `scale · K·q_h` into its running softmax state `states[h]` and
 /// `Σ weight · v` into its unnormalised accumulator `acc[h·d ..]`. Keys and values are read
 /// from memory once for the whole group. `q`: `g × d`; `keys`, `values`: `n × d`; `scores`:
-/// scratch of at least [`attend_scratch_len`]`(g, d)` floats. Call again with more rows to continue; the result
-/// is `acc[h] · states[h].inverse_sum()`.
+/// scratch of at least [`attend_scratch_len`]`(g, d)` floats. Call again with more rows to
+/// continue; the result is `acc[h] · states[h].inverse_sum()`. Unlike softmax's options,
+/// `scale` is not checked: it is arithmetic, so a NaN or infinite scale spreads NaN or ±∞
+/// through the states as IEEE arithmetic does.
 #[allow(clippy::too_many_arguments)]
 pub fn attend_partial(
     exec: &Exec,

@@ -25,6 +25,7 @@ use scores::dot_rows_impl;
 use values::accumulate_rows_impl;
 
 /// `scores[i] = scale · (q · rows[i])` for the `scores.len()` rows of `d = q.len()` elements.
+/// Any `scale` is accepted (plain arithmetic: NaN or ±∞ propagate as IEEE says).
 pub fn dot_rows(
     exec: &Exec,
     q: &[f32],
