@@ -14,8 +14,8 @@ use common::{ExecCase, exec_cases, random_vec, rng};
 use decode::reference::{attend_f64, layer_f64};
 use decode::{
     AttentionLayer, CacheConfig, DecodeError, DecodeOptions, DecodeScratch, HeadConfig, KvCache,
-    KvDtype, LayerConfig, LayerScratch, LayerWeights, PrefillScratch, Rope, choose_splits,
-    decode_attention, prefill_attention, visible,
+    KvDtype, LayerConfig, LayerScratch, LayerWeights, MAX_SPLITS, PrefillScratch, Rope,
+    choose_splits, decode_attention, prefill_attention, visible,
 };
 use kernels::Exec;
 
@@ -179,6 +179,11 @@ fn visibility_rule() {
     assert!(!visible(10, 6, 6, 2));
     assert!(visible(10, 7, 6, 2));
     assert!(!visible(1, 2, 6, 2));
+    // Positions near usize::MAX: no overflow (it once wrapped to "not visible").
+    assert!(visible(usize::MAX, usize::MAX, 2, 0));
+    assert!(visible(usize::MAX, usize::MAX - 1, 2, 0));
+    assert!(!visible(usize::MAX, usize::MAX - 2, 2, 0));
+    assert!(visible(usize::MAX, 1, 5, 2));
 }
 
 #[test]
@@ -1007,6 +1012,9 @@ fn invalid_head_and_cache_configurations() {
         heads(2, 0, 8),
         heads(2, 1, 0),
         heads(usize::MAX / 2 + 1, 1, 2),
+        // Products that fit usize but no allocation: 2^62 floats per query row.
+        heads(1, 1, 1 << 62),
+        heads(1 << 31, 1 << 31, 1 << 31),
     ] {
         let invalid = |r: Result<(), DecodeError>| matches!(r, Err(DecodeError::InvalidConfig(_)));
         assert!(invalid(h.validate()), "{h:?}");
@@ -1022,6 +1030,26 @@ fn invalid_head_and_cache_configurations() {
     assert!(matches!(
         DecodeScratch::new(heads(4, 2, 8), usize::MAX),
         Err(DecodeError::InvalidConfig(m)) if m.contains("max_splits")
+    ));
+    assert!(DecodeScratch::new(heads(4, 2, 8), MAX_SPLITS + 1).is_err());
+    let most = DecodeScratch::for_threads(heads(4, 2, 8), usize::MAX).unwrap();
+    assert_eq!(most.max_splits(), MAX_SPLITS);
+    // Weight sizes whose product overflows are an error, not a wrapped length that empty
+    // weights match.
+    let huge = LayerConfig {
+        d_model: 1 << 32,
+        heads: heads(1, 1, 1 << 32),
+        rope: None,
+    };
+    let empty = LayerWeights {
+        w_q: vec![],
+        w_k: vec![],
+        w_v: vec![],
+        w_o: None,
+    };
+    assert!(matches!(
+        AttentionLayer::new(huge, empty),
+        Err(DecodeError::InvalidConfig(m)) if m.contains("overflows")
     ));
     let (cfg, w) = layer_with(1, 8, heads(4, 4, 8), false, false);
     assert!(matches!(

@@ -363,13 +363,13 @@ fn truncate_before_the_wrap_then_overwrite() {
 #[test]
 fn truncate_after_the_ring_overwrote_entries_fails() {
     // W = 4 after 6 positions: 0 and 1 were overwritten by 4 and 5, so no rollback can restore
-    // the window of a shorter history.
+    // the window of a shorter, non-empty history.
     let mut c = cache(4, 0);
     for _ in 0..6 {
         append_next(&mut c, 0);
     }
     let before = c.positions();
-    for to in [0, 2, 4, 5] {
+    for to in [1, 2, 4, 5] {
         match c.truncate(to) {
             Err(DecodeError::RollbackUnavailable { to: t, earliest }) => {
                 assert_eq!(t, to);
@@ -389,8 +389,13 @@ fn truncate_after_the_ring_overwrote_entries_fails() {
         c.truncate(7),
         Err(DecodeError::RollbackBeyondEnd { to: 7, next: 6 })
     ));
-    // The current position is always reachable.
+    // The current position is always reachable, and so is the empty history.
     c.truncate(6).unwrap();
+    c.truncate(0).unwrap();
+    assert!(c.is_empty());
+    assert_eq!(c.positions(), Vec::<usize>::new());
+    append_next(&mut c, 1);
+    assert_contents(&c, &[0], |_| 1);
 
     // With sinks: S = 2, W = 6 after 7 positions (position 2 was overwritten by 6).
     let mut c = cache(6, 2);
@@ -403,8 +408,33 @@ fn truncate_after_the_ring_overwrote_entries_fails() {
     ));
     assert_eq!(c.next_position(), 7);
     // The error explains itself.
-    let msg = c.truncate(1).unwrap_err().to_string();
+    let msg = c.truncate(3).unwrap_err().to_string();
     assert!(msg.contains("roll back"), "{msg}");
+    // A history of sinks alone is always there: sinks are never overwritten.
+    c.truncate(2).unwrap();
+    assert_eq!(c.positions(), vec![0, 1]);
+    assert_contents(&c, &[0, 1], |_| 0);
+    c.truncate(1).unwrap();
+    assert_eq!(c.positions(), vec![0]);
+    assert_contents(&c, &[0], |_| 0);
+}
+
+/// `get` refuses indices outside the cache's shape (it used to read the neighbouring slot or
+/// the V block).
+#[test]
+fn get_outside_the_shape_panics() {
+    let c = cache(4, 0);
+    let outside = [
+        (LAYERS, 0, 0, 0),
+        (0, KV_HEADS, 0, 0),
+        (0, 0, 4, 0),
+        (0, 0, 0, HEAD_DIM),
+    ];
+    for (layer, head, slot, i) in outside {
+        let r = std::panic::catch_unwind(|| c.get(layer, false, head, slot, i));
+        assert!(r.is_err(), "get({layer}, {head}, {slot}, {i}) must panic");
+    }
+    assert_eq!(c.get(LAYERS - 1, true, KV_HEADS - 1, 3, HEAD_DIM - 1), 0.0);
 }
 
 #[test]

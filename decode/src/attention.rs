@@ -53,9 +53,21 @@ impl HeadConfig {
                 self.heads, self.kv_heads
             )));
         }
-        if self.heads.checked_mul(self.head_dim).is_none() {
+        // Every buffer sized from a config (a token's queries, a group's attention scratch)
+        // must be allocatable: at most isize::MAX bytes.
+        let fits = |floats: Option<usize>| {
+            floats
+                .and_then(|f| f.checked_mul(std::mem::size_of::<f32>()))
+                .is_some_and(|bytes| bytes <= isize::MAX as usize)
+        };
+        if !fits(self.heads.checked_mul(self.head_dim))
+            || !fits(Some(kernels::attend_scratch_len(
+                self.group(),
+                self.head_dim,
+            )))
+        {
             return Err(DecodeError::InvalidConfig(format!(
-                "heads ({}) × head_dim ({}) overflows usize",
+                "heads ({}) × head_dim ({}) is too large for any buffer",
                 self.heads, self.head_dim
             )));
         }
@@ -109,10 +121,9 @@ impl DecodeScratch {
     pub fn new(heads: HeadConfig, max_splits: usize) -> Result<Self> {
         heads.validate()?;
         let max_splits = max_splits.max(1);
-        if heads.kv_heads.checked_mul(max_splits).is_none() {
+        if max_splits > MAX_SPLITS {
             return Err(DecodeError::InvalidConfig(format!(
-                "kv_heads ({}) × max_splits ({max_splits}) overflows usize",
-                heads.kv_heads
+                "max_splits ({max_splits}) exceeds MAX_SPLITS ({MAX_SPLITS})"
             )));
         }
         let g = heads.group();
@@ -155,13 +166,18 @@ impl DecodeScratch {
     }
 }
 
+/// Most sequence splits per KV head a [`DecodeScratch`] may hold: far more than any thread
+/// count needs (the default policy uses two work items per thread), and a bound on the
+/// scratch's size.
+pub const MAX_SPLITS: usize = 1024;
+
 fn default_max_splits(heads: &HeadConfig, threads: usize) -> usize {
     // Enough (KV head, split) items for two per thread.
     // (`max(1)` keeps an unvalidated config from dividing by zero; callers validate.)
     threads
         .saturating_mul(2)
         .div_ceil(heads.kv_heads.max(1))
-        .max(1)
+        .clamp(1, MAX_SPLITS)
 }
 
 /// The split count the decode kernel uses for `len` keys.
@@ -410,7 +426,7 @@ fn push_as_stored(out: &mut Vec<f32>, row: &[f32], bf16: bool) {
 
 /// Whether a query at `query` sees a key at `key` in a ring of `capacity` with `sinks`.
 pub fn visible(query: usize, key: usize, capacity: usize, sinks: usize) -> bool {
-    key <= query && (key < sinks || key + capacity.saturating_sub(sinks) > query)
+    key <= query && (key < sinks || query - key < capacity.saturating_sub(sinks))
 }
 
 /// Causal attention of a chunk of `T` tokens at the layer's next positions, then appends the

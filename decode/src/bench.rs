@@ -29,14 +29,20 @@ pub struct AttnShape {
 
 impl AttnShape {
     /// KV bytes one token occupies across all layers.
+    /// (Saturating at `usize::MAX` for a shape too large to exist.)
     pub fn kv_bytes_per_token(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * self.dtype.bytes()
+        self.cache_config(0).bytes_per_token()
     }
-    /// Checks the head arithmetic.
+    /// Checks the head arithmetic, the layer count and the window.
     pub fn validate(&self) -> Result<()> {
         self.head_config().validate()?;
         if self.layers == 0 {
             return Err(DecodeError::InvalidConfig("layers must be positive".into()));
+        }
+        if self.window == Some(0) {
+            return Err(DecodeError::InvalidConfig(
+                "a sliding window must hold at least one token".into(),
+            ));
         }
         Ok(())
     }
@@ -52,7 +58,8 @@ impl AttnShape {
             layers: self.layers,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
-            capacity: self.window.unwrap_or(seq_len + 1).max(1),
+            // (A context of usize::MAX saturates here; `KvCache::new` then refuses the size.)
+            capacity: self.window.unwrap_or(seq_len.saturating_add(1)),
             sinks: 0,
             dtype: self.dtype,
         }
@@ -61,7 +68,10 @@ impl AttnShape {
 
 /// Bytes [`DecodeBench::new`] would allocate for this shape and context (to refuse early).
 pub fn estimate_bytes(shape: &AttnShape, seq_len: usize) -> usize {
-    shape.cache_config(seq_len).bytes() + 4 * shape.heads * shape.head_dim * (4 + DECODE_SLACK)
+    let vectors = (4 * (4 + DECODE_SLACK))
+        .saturating_mul(shape.heads)
+        .saturating_mul(shape.head_dim);
+    shape.cache_config(seq_len).bytes().saturating_add(vectors)
 }
 const DECODE_SLACK: usize = 64;
 
@@ -229,6 +239,12 @@ impl PrefillBench {
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
         );
+        let tokens = |width: usize| {
+            chunk.checked_mul(width).ok_or_else(|| {
+                DecodeError::InvalidConfig(format!("a chunk of {chunk} × {width} floats overflows"))
+            })
+        };
+        let (q_len, kv_len) = (tokens(qn)?, tokens(kn)?);
         let mut cache = KvCache::new(shape.cache_config(total))?;
         if context > 0 {
             let (k, v) = (
@@ -243,10 +259,10 @@ impl PrefillBench {
             heads: shape.head_config(),
             cache,
             context,
-            q: random(&mut rng, chunk * qn),
-            k: random(&mut rng, chunk * kn),
-            v: random(&mut rng, chunk * kn),
-            out: vec![0.0; chunk * qn],
+            q: random(&mut rng, q_len),
+            k: random(&mut rng, kv_len),
+            v: random(&mut rng, kv_len),
+            out: vec![0.0; q_len],
             scratch: PrefillScratch::new(),
         })
     }
@@ -290,22 +306,38 @@ pub struct RecomputeBench {
 impl RecomputeBench {
     /// A context of `context` random embeddings of width `d_model`.
     pub fn new(shape: AttnShape, d_model: usize, context: usize) -> Result<Self> {
+        let bench = DecodeBench::new(shape, context)?;
+        if d_model == 0 {
+            return Err(DecodeError::InvalidConfig(
+                "d_model must be positive".into(),
+            ));
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(13);
+        // The shape validated, so these two fit; the products with the context or d_model
+        // are checked.
         let (qn, kn) = (
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
         );
+        let len = |a: usize, b: usize| {
+            a.checked_mul(b).ok_or_else(|| {
+                DecodeError::InvalidConfig(format!(
+                    "recompute buffers of {a} × {b} floats overflow usize"
+                ))
+            })
+        };
+        let rows = context.saturating_add(1);
         Ok(Self {
-            bench: DecodeBench::new(shape, context)?,
+            bench,
             d_model,
             context,
-            xs: random(&mut rng, (context + 1) * d_model),
-            w_q: random(&mut rng, d_model * qn),
-            w_k: random(&mut rng, d_model * kn),
-            w_v: random(&mut rng, d_model * kn),
-            keys: vec![0.0; (context + 1) * kn],
-            values: vec![0.0; (context + 1) * kn],
-            scores: vec![0.0; context + 1],
+            xs: random(&mut rng, len(rows, d_model)?),
+            w_q: random(&mut rng, len(d_model, qn)?),
+            w_k: random(&mut rng, len(d_model, kn)?),
+            w_v: random(&mut rng, len(d_model, kn)?),
+            keys: vec![0.0; len(rows, kn)?],
+            values: vec![0.0; len(rows, kn)?],
+            scores: vec![0.0; rows],
             ws: GemmWorkspace::new(),
         })
     }
@@ -390,5 +422,48 @@ impl RecomputeBench {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(window: Option<usize>) -> AttnShape {
+        AttnShape {
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 8,
+            layers: 2,
+            dtype: KvDtype::F32,
+            window,
+        }
+    }
+
+    /// Degenerate shapes are errors and sizes saturate instead of wrapping.
+    #[test]
+    fn degenerate_workloads_are_refused() {
+        assert!(DecodeBench::new(shape(Some(0)), 10).is_err());
+        assert!(DecodeBench::new(shape(None), usize::MAX).is_err());
+        assert_eq!(estimate_bytes(&shape(None), usize::MAX), usize::MAX);
+        assert!(estimate_bytes(&shape(None), 100) >= 101 * shape(None).kv_bytes_per_token());
+        let huge = AttnShape {
+            layers: usize::MAX,
+            ..shape(None)
+        };
+        assert_eq!(huge.kv_bytes_per_token(), usize::MAX);
+        assert!(RecomputeBench::new(shape(None), 0, 10).is_err());
+        assert!(PrefillBench::new(shape(None), usize::MAX / 8, 0).is_err());
+    }
+
+    /// A first prompt longer than a sliding window runs again and again (each run rolls the
+    /// cache back to empty, which needs nothing the ring overwrote).
+    #[test]
+    fn prefill_longer_than_the_window_repeats() {
+        let mut b = PrefillBench::new(shape(Some(16)), 32, 0).unwrap();
+        let exec = Exec::sequential();
+        for _ in 0..3 {
+            b.run(&exec).unwrap();
+        }
     }
 }

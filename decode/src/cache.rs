@@ -63,14 +63,22 @@ impl CacheConfig {
             .checked_mul(self.head_dim)
     }
 
-    /// Bytes of K and V one token occupies across all layers.
+    /// Bytes of K and V one token occupies across all layers (saturating at `usize::MAX` for
+    /// a config too large to exist, which [`validate`](Self::validate) rejects).
     pub fn bytes_per_token(&self) -> usize {
-        2 * self.layers * self.kv_heads * self.head_dim * self.dtype.bytes()
+        [
+            self.layers,
+            self.kv_heads,
+            self.head_dim,
+            self.dtype.bytes(),
+        ]
+        .into_iter()
+        .fold(2usize, usize::saturating_mul)
     }
 
-    /// Bytes of the whole cache.
+    /// Bytes of the whole cache (saturating, as [`bytes_per_token`](Self::bytes_per_token)).
     pub fn bytes(&self) -> usize {
-        self.bytes_per_token() * self.capacity
+        self.bytes_per_token().saturating_mul(self.capacity)
     }
 }
 
@@ -201,9 +209,10 @@ impl KvCache {
             return Err(DecodeError::RollbackBeyondEnd { to: pos, next: lo });
         }
         // Any layer that has wrapped (even one a step ahead of the others) has overwritten
-        // entries an earlier position's window needs.
+        // entries an earlier position's window needs; a history of sinks alone is always
+        // there (sinks are never overwritten).
         let earliest = if hi <= self.cfg.capacity { 0 } else { hi };
-        if pos < earliest {
+        if pos < earliest && pos > self.cfg.sinks {
             return Err(DecodeError::RollbackUnavailable { to: pos, earliest });
         }
         self.next.iter_mut().for_each(|n| *n = pos);
@@ -316,7 +325,20 @@ impl KvCache {
     }
 
     /// One stored element as f32 (for tests and references).
+    ///
+    /// # Panics
+    /// When `layer`, `head`, `slot` or `i` is outside the cache's shape.
     pub fn get(&self, layer: usize, value: bool, head: usize, slot: usize, i: usize) -> f32 {
+        let c = &self.cfg;
+        assert!(
+            layer < c.layers && head < c.kv_heads && slot < c.capacity && i < c.head_dim,
+            "KvCache::get: (layer {layer}, head {head}, slot {slot}, element {i}) outside \
+             {} layers × {} heads × {} slots × {} elements",
+            c.layers,
+            c.kv_heads,
+            c.capacity,
+            c.head_dim
+        );
         let idx = self.base(layer, value, head) + slot * self.cfg.head_dim + i;
         match &self.storage {
             Storage::F32(s) => s[idx],

@@ -120,7 +120,7 @@ impl AttentionLayer {
     }
 
     /// The configuration, and every weight's length against it.
-    fn check(cfg: &LayerConfig, w: &LayerWeights) -> Result<()> {
+    pub(crate) fn check(cfg: &LayerConfig, w: &LayerWeights) -> Result<()> {
         cfg.heads.validate()?;
         if cfg.d_model == 0 {
             return Err(DecodeError::InvalidConfig(
@@ -131,27 +131,36 @@ impl AttentionLayer {
             r.check(cfg.heads.head_dim)?;
         }
         let (dm, h) = (cfg.d_model, &cfg.heads);
+        // A weight of each size exists, so a product that overflows is a config no weights
+        // can match.
+        let weight_len = |heads: usize| {
+            dm.checked_mul(heads)
+                .and_then(|x| x.checked_mul(h.head_dim))
+                .ok_or_else(|| {
+                    DecodeError::InvalidConfig(format!(
+                        "d_model ({dm}) × {heads} heads × head_dim ({}) overflows usize",
+                        h.head_dim
+                    ))
+                })
+        };
+        let (q_len, kv_len) = (weight_len(h.heads)?, weight_len(h.kv_heads)?);
         check_eq(
             "w_q length vs d_model * heads * head_dim",
-            dm * h.heads * h.head_dim,
+            q_len,
             w.w_q.len(),
         )?;
         check_eq(
             "w_k length vs d_model * kv_heads * head_dim",
-            dm * h.kv_heads * h.head_dim,
+            kv_len,
             w.w_k.len(),
         )?;
         check_eq(
             "w_v length vs d_model * kv_heads * head_dim",
-            dm * h.kv_heads * h.head_dim,
+            kv_len,
             w.w_v.len(),
         )?;
         if let Some(o) = &w.w_o {
-            check_eq(
-                "w_o length vs heads * head_dim * d_model",
-                h.heads * h.head_dim * dm,
-                o.len(),
-            )?;
+            check_eq("w_o length vs heads * head_dim * d_model", q_len, o.len())?;
         }
         Ok(())
     }

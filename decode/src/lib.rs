@@ -42,7 +42,7 @@ pub mod reference;
 mod rope;
 pub mod teaching;
 pub use attention::{
-    DecodeOptions, DecodeScratch, HeadConfig, MIN_SPLIT, PrefillScratch, choose_splits,
+    DecodeOptions, DecodeScratch, HeadConfig, MAX_SPLITS, MIN_SPLIT, PrefillScratch, choose_splits,
     decode_attention, prefill_attention, visible,
 };
 pub use cache::{CacheConfig, KvCache};

@@ -1,5 +1,6 @@
 //! f64 reference attention: no cache, everything recomputed from the token embeddings. The
-//! oracle for tests and the harness.
+//! oracle for tests and the harness; being an oracle, it panics (naming the mismatch) on
+//! inputs whose shapes do not fit together, rather than return errors.
 
 use crate::attention::{HeadConfig, visible};
 use crate::layer::{LayerConfig, LayerWeights};
@@ -30,6 +31,11 @@ fn rope_f64(x: &mut [f64], head_dim: usize, pos: usize, base: f64) {
 /// Attention of one query head over explicit keys/values (`n × d` each), in f64.
 pub fn attend_f64(q: &[f64], keys: &[Vec<f64>], values: &[Vec<f64>], scale: f64) -> Vec<f64> {
     let d = q.len();
+    assert_eq!(keys.len(), values.len(), "attend_f64: keys vs values");
+    assert!(
+        keys.iter().chain(values).all(|row| row.len() == d),
+        "attend_f64: every key and value row must have the query's {d} elements"
+    );
     if keys.is_empty() {
         return vec![0.0; d];
     }
@@ -64,6 +70,13 @@ pub fn layer_f64(
         kv_heads,
         head_dim: d,
     } = cfg.heads;
+    crate::AttentionLayer::check(cfg, w).expect("layer_f64: config and weights");
+    assert!(
+        xs.len().is_multiple_of(cfg.d_model),
+        "layer_f64: xs length {} is not whole tokens of d_model {}",
+        xs.len(),
+        cfg.d_model
+    );
     let g = heads / kv_heads;
     let t = xs.len() / cfg.d_model;
     let mut qs = Vec::new();
