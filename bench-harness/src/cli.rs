@@ -149,7 +149,7 @@ pub struct ShapeArgs {
 /// Timing options.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TimingArgs {
-    /// Minimum timed repetitions per configuration.
+    /// Minimum timed repetitions per configuration (at most 10000).
     #[arg(long, default_value_t = 3, value_name = "N", help_heading = "Timing")]
     pub reps: usize,
     /// Minimum seconds of timed repetitions per configuration (0: exactly --reps calls).
@@ -160,7 +160,8 @@ pub struct TimingArgs {
         help_heading = "Timing"
     )]
     pub min_time: f64,
-    /// Stop sampling a configuration after this many seconds, even below --reps.
+    /// Stop sampling a configuration after this many seconds, even below --reps or
+    /// --min-time.
     #[arg(
         long,
         default_value_t = 2.0,
@@ -168,7 +169,8 @@ pub struct TimingArgs {
         help_heading = "Timing"
     )]
     pub max_time: f64,
-    /// Untimed warm-up calls per configuration (at least 1 always runs).
+    /// Untimed warm-up calls per configuration (at least 1 always runs; at most 1000000, and
+    /// none after --max-time).
     #[arg(long, default_value_t = 1, value_name = "N", help_heading = "Timing")]
     pub warmup: usize,
     /// Array sizes of the read-bandwidth roofs: L2 (per thread), LLC, DRAM.
@@ -223,7 +225,7 @@ pub struct OutputArgs {
     #[arg(long, value_name = "DIR", help_heading = "Output")]
     pub results_dir: Option<PathBuf>,
     /// Do not save anything under the results directory.
-    #[arg(long, help_heading = "Output")]
+    #[arg(long, help_heading = "Output", conflicts_with = "results_dir")]
     pub no_save: bool,
     /// No progress bar (it is also hidden when stderr is not a terminal).
     #[arg(long, short, help_heading = "Output")]

@@ -106,7 +106,8 @@ impl AttnSpec {
 
     /// KV cache bytes at context `seq_len`.
     pub fn kv_bytes(&self, seq_len: usize) -> u64 {
-        self.kv_bytes_per_token() * self.cached_tokens(seq_len) as u64
+        self.kv_bytes_per_token()
+            .saturating_mul(self.cached_tokens(seq_len) as u64)
     }
 
     /// `h32/kv8/d128×L1` style description.
@@ -193,6 +194,17 @@ struct AttnDefaults {
     dtypes: &'static [KvDtype],
 }
 
+/// `v` without repeated values, first occurrences kept in order.
+fn dedup<T: PartialEq>(v: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(v.len());
+    for x in v {
+        if !out.contains(&x) {
+            out.push(x);
+        }
+    }
+    out
+}
+
 /// Expands presets or explicit shape lists into validated attention shapes.
 fn attn_specs(s: &ShapeArgs, d: &AttnDefaults) -> Result<Vec<AttnSpec>, String> {
     let dtypes = match &s.kv_dtype {
@@ -218,6 +230,21 @@ fn attn_specs(s: &ShapeArgs, d: &AttnDefaults) -> Result<Vec<AttnSpec>, String> 
         Some(p) => p.into_iter().map(Some).collect(),
         None => vec![None],
     };
+    // Refuse an oversized product before building it (each list alone is capped, their
+    // product is not).
+    let combinations = [
+        bases.len(),
+        heads.len(),
+        kv.len(),
+        hd.len(),
+        layers.len(),
+        dtypes.len(),
+    ]
+    .into_iter()
+    .fold(1usize, usize::saturating_mul);
+    if combinations > sweep::MAX_LIST_LEN {
+        return Err("attention shapes: too many combinations".into());
+    }
     for base in bases {
         let pick = |given: &Option<String>, list: &[usize], preset_v: Option<usize>| match (
             given, preset_v,
@@ -230,6 +257,15 @@ fn attn_specs(s: &ShapeArgs, d: &AttnDefaults) -> Result<Vec<AttnSpec>, String> 
         let ds = pick(&s.head_dim, &hd, base.map(|p| p.head_dim));
         let ls = pick(&s.layers, &layers, base.map(|p| p.layers));
         for &h in &hs {
+            // With --heads given and --kv-heads not, the default KV head counts that do not
+            // divide it are left out (the user never asked for them), and a head count none
+            // divides runs as multi-head attention.
+            let ks: Vec<usize> = if s.heads.is_some() && s.kv_heads.is_none() {
+                let fitting: Vec<usize> = ks.iter().copied().filter(|k| h % k == 0).collect();
+                if fitting.is_empty() { vec![h] } else { fitting }
+            } else {
+                ks.clone()
+            };
             for &k in &ks {
                 if h % k != 0 {
                     return Err(format!(
@@ -264,7 +300,7 @@ fn attn_specs(s: &ShapeArgs, d: &AttnDefaults) -> Result<Vec<AttnSpec>, String> 
     if out.len() > sweep::MAX_LIST_LEN {
         return Err("attention shapes: too many combinations".into());
     }
-    Ok(out)
+    Ok(dedup(out))
 }
 
 fn parse_isas(text: &Option<String>) -> Result<Vec<Isa>, String> {
@@ -285,8 +321,17 @@ fn parse_isas(text: &Option<String>) -> Result<Vec<Isa>, String> {
 }
 
 fn measure_opts(t: &TimingArgs) -> Result<MeasureOpts, String> {
-    if t.reps == 0 {
-        return Err("--reps: must be at least 1".into());
+    if t.reps == 0 || t.reps > crate::measure::MAX_SAMPLES {
+        return Err(format!(
+            "--reps: must be between 1 and {}",
+            crate::measure::MAX_SAMPLES
+        ));
+    }
+    if t.warmup > crate::measure::MAX_WARMUP {
+        return Err(format!(
+            "--warmup: must be at most {}",
+            crate::measure::MAX_WARMUP
+        ));
     }
     if !(t.min_time.is_finite() && t.min_time >= 0.0) {
         return Err("--min-time: must be a finite number of seconds ≥ 0".into());
@@ -307,6 +352,11 @@ fn roof_sizes(text: &str) -> Result<RoofSizes, String> {
     if v.len() != 3 {
         return Err(format!(
             "--roof-sizes: expected three sizes L2,LLC,DRAM (e.g. 1MiB,32MiB,1GiB), got `{text}`"
+        ));
+    }
+    if v.iter().any(|&b| b < 4096) {
+        return Err(format!(
+            "--roof-sizes: every size must be at least 4 KiB, got `{text}`"
         ));
     }
     Ok(RoofSizes {
@@ -383,6 +433,11 @@ fn build(a: &RunArgs) -> Result<RunConfig, String> {
         Some(t) => sweep::parse_usize_list(t).map_err(|e| format!("--prefill-context: {e}"))?,
         None => vec![0],
     };
+    // Repeated values would only time the same configuration again.
+    let (threads, isas, sizes) = (dedup(threads), dedup(isas), dedup(sizes));
+    let (row_lens, seq_lens, contexts) = (dedup(row_lens), dedup(seq_lens), dedup(contexts));
+    let (memory_contexts, chunks) = (dedup(memory_contexts), dedup(chunks));
+    let prefill_contexts = dedup(prefill_contexts);
     let attention = attn_specs(
         s,
         &AttnDefaults {
@@ -479,6 +534,53 @@ mod tests {
         v.extend(args);
         let cli = Cli::try_parse_from(v)?;
         run_config(&cli.run)
+    }
+
+    /// Bounds that keep a run finite and its sizes honest, repeated values dropped, and
+    /// default KV head counts fitted to the heads asked for.
+    #[test]
+    fn limits_dedup_and_fitted_defaults() {
+        let err = |args: &[&str]| cfg(args).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err(&["softmax", "--reps", "10001"]).contains("--reps"));
+        assert!(err(&["softmax", "--warmup", "18446744073709551615"]).contains("--warmup"));
+        assert!(err(&["matmul", "--sizes", "1x4611686018427387904x4"]).contains("overflow"));
+        assert!(err(&["peak", "--roof-sizes", "1,1,1"]).contains("4 KiB"));
+        assert!(
+            err(&["memory", "--heads", "1..4096", "--head-dim", "1..1024"])
+                .contains("too many combinations")
+        );
+        assert!(err(&["memory", "--no-save", "--results-dir", "x"]).contains("--no-save"));
+
+        let c = cfg(&[
+            "softmax",
+            "--threads",
+            "1,2,1",
+            "--row-lens",
+            "16,16,8",
+            "--isa",
+            "portable,portable",
+        ])
+        .unwrap();
+        assert_eq!(c.threads, vec![1, 2]);
+        assert_eq!(c.row_lens, vec![16, 8]);
+        assert_eq!(c.isas, vec![Isa::Portable]);
+
+        let kv = |c: &RunConfig| -> Vec<usize> {
+            c.attention.iter().map(|a| a.shape.kv_heads).collect()
+        };
+        assert_eq!(
+            kv(&cfg(&["attention", "--heads", "4", "--kv-dtype", "f32"]).unwrap()),
+            vec![4]
+        );
+        assert_eq!(
+            kv(&cfg(&["attention", "--heads", "16", "--kv-dtype", "f32"]).unwrap()),
+            vec![8]
+        );
+        assert_eq!(
+            kv(&cfg(&["attention", "--heads", "32", "--kv-dtype", "f32"]).unwrap()),
+            vec![8, 32]
+        );
+        assert!(cfg(&["attention", "--heads", "4", "--kv-heads", "8"]).is_err());
     }
 
     #[test]

@@ -70,6 +70,11 @@ pub struct RunOutput {
 /// Checks every configuration's memory estimate against the available memory.
 pub fn check_memory(cfg: &RunConfig) -> Result<()> {
     let avail = machine::mem_available();
+    if cfg.peak {
+        for (what, bytes) in suites::peak::estimates(cfg) {
+            machine::check_fits(&what, bytes, avail)?;
+        }
+    }
     for &suite in &cfg.suites {
         for (what, bytes) in suites::estimates(suite, cfg) {
             machine::check_fits(&what, bytes, avail)?;

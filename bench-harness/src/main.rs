@@ -5,10 +5,13 @@ fn main() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error: {info}");
     }));
+    // Stderr is not locked for the whole run: a panic on a worker thread prints through this
+    // hook, which would wait forever on a lock the main thread holds while it waits for the
+    // worker.
     let code = bench_harness::main_with(
         std::env::args_os(),
         &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
+        &mut std::io::stderr(),
     );
     std::process::exit(code);
 }

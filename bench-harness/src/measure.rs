@@ -78,8 +78,11 @@ impl Stats {
     }
 }
 
-/// Hard cap on samples per configuration.
-const MAX_SAMPLES: usize = 10_000;
+/// Hard cap on samples per configuration (`--reps` above it is refused).
+pub const MAX_SAMPLES: usize = 10_000;
+/// Hard cap on warm-up calls (`--warmup` above it is refused); the warm-up also stops once
+/// `max_time` has passed.
+pub const MAX_WARMUP: usize = 1_000_000;
 
 /// Times `f` per [`MeasureOpts`]: warm-up, then samples of `batch` calls each, where `batch` is
 /// chosen so one sample lasts about `min_time / 20` (at least 1 call; 1 when `min_time` is 0).
@@ -89,7 +92,7 @@ pub fn measure(
 ) -> Result<Stats, HarnessError> {
     let batch = warm_up(opts, &mut f)?;
     let reps = opts.reps.max(1);
-    let mut samples = Vec::with_capacity(reps.max(16));
+    let mut samples = Vec::with_capacity(reps.clamp(16, MAX_SAMPLES));
     let start = Instant::now();
     loop {
         let t = Instant::now();
@@ -115,10 +118,14 @@ fn warm_up(
     f: &mut impl FnMut() -> Result<(), HarnessError>,
 ) -> Result<usize, HarnessError> {
     let mut last = 0.0;
+    let start = Instant::now();
     for _ in 0..opts.warmup.max(1) {
         let t = Instant::now();
         f()?;
         last = t.elapsed().as_secs_f64();
+        if start.elapsed().as_secs_f64() >= opts.max_time {
+            break;
+        }
     }
     Ok(if opts.min_time > 0.0 {
         let target = (opts.min_time / 20.0).clamp(1e-4, 0.02);

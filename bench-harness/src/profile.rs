@@ -51,8 +51,10 @@ fn run_config(p: &ProfileArgs) -> Result<config::RunConfig> {
 
 /// Checks the arguments without allocating.
 pub fn validate(p: &ProfileArgs) -> Result<()> {
-    if !(p.seconds.is_finite() && p.seconds > 0.0) {
-        return Err(HarnessError::msg("--seconds: must be a positive number"));
+    if !(p.seconds.is_finite() && p.seconds > 0.0 && p.seconds <= 1e9) {
+        return Err(HarnessError::msg(
+            "--seconds: must be a positive number of seconds, at most 1e9",
+        ));
     }
     let cfg = run_config(p)?;
     let suite = suite_of(p)?;

@@ -12,11 +12,12 @@ pub struct Record {
     /// `header`, `peak`, `matmul`, `softmax`, `attention`, `prefill`, `kv-vs-recompute`, `memory`.
     pub suite: String,
     /// Implementation: `kernels`, `kernels-prepacked` (matmul with B packed ahead of time),
-    /// `matrixmultiply(1t)`, `naive`, `cached`, `recompute`,
+    /// `matrixmultiply(1t)`, `naive(1t)`, `cached`, `recompute`,
     /// `fma-probe`, `read-sum`, `arithmetic`.
     #[serde(rename = "impl")]
     pub implementation: String,
-    /// ISA path that ran (`avx512`, `avx2`, `portable`), or the baseline's own dispatch.
+    /// ISA path that ran (`avx512`, `avx2`, `portable`); for baselines `auto`
+    /// (matrixmultiply's own dispatch) or `scalar`; absent where no kernel ran (`memory`).
     pub isa: Option<String>,
     /// Threads of the rayon pool the configuration ran on.
     pub threads: Option<usize>,
@@ -235,7 +236,11 @@ pub fn header_record(isa: &str, threads: &[usize], isas: &[String]) -> Record {
         llc_bytes: crate::machine::cache_bytes(3),
         mem_available: crate::machine::mem_available(),
         transparent_hugepages: crate::machine::transparent_hugepages(),
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        // `args_os`: `args` panics on an argument that is not UTF-8 (a path, say).
+        command: std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" "),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

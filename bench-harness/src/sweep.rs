@@ -289,6 +289,7 @@ pub fn parse_sizes(text: &str) -> Result<Vec<MatShape>, String> {
             if dims.contains(&0) {
                 return Err(format!("--sizes: `{item}`: dimensions must be at least 1"));
             }
+            check_operand_bytes(item, dims[0], dims[1], dims[2])?;
             let label = if qk {
                 "q·Kᵀ"
             } else if dims[0] == 1 {
@@ -310,6 +311,7 @@ pub fn parse_sizes(text: &str) -> Result<Vec<MatShape>, String> {
                 return Err(format!("--sizes: `{item}`: `qk:` needs MxNxK"));
             }
             for n in parse_positive_list("--sizes", body)? {
+                check_operand_bytes(item, n, n, n)?;
                 out.push(MatShape::new("square", n, n, n));
             }
         }
@@ -318,6 +320,21 @@ pub fn parse_sizes(text: &str) -> Result<Vec<MatShape>, String> {
         }
     }
     Ok(out)
+}
+
+/// Refuses a shape whose operands' sizes in bytes overflow (the memory check then compares
+/// honest sizes with the free memory).
+fn check_operand_bytes(item: &str, m: usize, n: usize, k: usize) -> Result<(), String> {
+    let bytes = |a: usize, b: usize| a.checked_mul(b).and_then(|e| e.checked_mul(4));
+    let total = [bytes(m, k), bytes(k, n), bytes(m, n)]
+        .into_iter()
+        .try_fold(0usize, |sum, b| sum.checked_add(b?));
+    match total {
+        Some(t) if t <= isize::MAX as usize => Ok(()),
+        _ => Err(format!(
+            "--sizes: `{item}`: the operands' sizes overflow (no machine holds them)"
+        )),
+    }
 }
 
 /// A real model's attention shape.

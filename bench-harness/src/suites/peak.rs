@@ -26,9 +26,23 @@ pub fn count(cfg: &RunConfig) -> u64 {
 pub fn dram_bytes(cfg: &RunConfig) -> usize {
     let want = cfg.roof_sizes.dram;
     match crate::machine::mem_available() {
-        Some(avail) => want.min((avail / 4) as usize).max(1 << 20),
+        // A quarter of free memory, but never forced below 1 MiB (nor raised above `want`).
+        Some(avail) => want.min(((avail / 4) as usize).max(1 << 20)),
         None => want,
     }
+}
+
+/// The largest roof array (they are filled one at a time): checked against free memory
+/// before anything runs.
+pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
+    let max_t = *thread_counts(cfg).last().unwrap_or(&1);
+    let largest = cfg
+        .roof_sizes
+        .l2
+        .saturating_mul(max_t)
+        .max(cfg.roof_sizes.llc)
+        .max(dram_bytes(cfg));
+    vec![("peak roof arrays".into(), largest as u64)]
 }
 
 /// Measures every roof and returns the peak records.
@@ -53,7 +67,7 @@ pub fn run(ctx: &mut Ctx) -> Result<Vec<Record>> {
         .max()
         .unwrap_or(kernels::Isa::Portable);
     let sizes = [
-        (Tier::L2, cfg.roof_sizes.l2 * max_t),
+        (Tier::L2, cfg.roof_sizes.l2.saturating_mul(max_t)),
         (Tier::Llc, cfg.roof_sizes.llc),
         (Tier::Dram, dram_bytes(cfg)),
     ];

@@ -31,7 +31,9 @@ pub fn estimates(cfg: &RunConfig) -> Vec<(String, u64)> {
         .map(|&l| {
             (
                 format!("softmax row_len {l}"),
-                3 * 4 * (rows_for(l) as u64).saturating_mul(l as u64),
+                (rows_for(l) as u64)
+                    .saturating_mul(l as u64)
+                    .saturating_mul(3 * 4),
             )
         })
         .collect()
