@@ -126,7 +126,8 @@ pub struct ShapeArgs {
     /// Query heads [default: 32].
     #[arg(long, value_name = "LIST", help_heading = "Attention shape")]
     pub heads: Option<String>,
-    /// Key/value heads; must divide --heads [default: attention 8,32; others 8].
+    /// Key/value heads; must divide --heads [default: attention 8,32; others 8; with --heads
+    /// given, the defaults that divide it, or --heads itself when none does].
     #[arg(long, value_name = "LIST", help_heading = "Attention shape")]
     pub kv_heads: Option<String>,
     /// Elements per head [default: 128].
