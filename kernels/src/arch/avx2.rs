@@ -49,14 +49,18 @@ fn scale_by_pow2(p: __m256, n: __m256) -> __m256 {
             _mm256_mul_ps(n, _mm256_set1_ps(0.5)),
         );
         let n2 = _mm256_sub_ps(n, n1);
-        let pow2 = |k: __m256| {
-            _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                _mm256_cvtps_epi32(k),
-                _mm256_set1_epi32(127),
-            )))
-        };
-        _mm256_mul_ps(_mm256_mul_ps(p, pow2(n1)), pow2(n2))
+        _mm256_mul_ps(_mm256_mul_ps(p, normal_pow2(n1)), normal_pow2(n2))
     })
+}
+
+/// `2^k` for integral `k ∈ [−126, 127]`, built in the exponent field. (A function, not a
+/// closure: a closure LLVM declines to inline keeps its intrinsics out of line, compiled
+/// without AVX2.)
+#[inline(always)]
+fn normal_pow2(k: __m256) -> __m256 {
+    v!(_mm256_castsi256_ps(_mm256_slli_epi32::<23>(
+        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127),)
+    )))
 }
 
 /// [`scale_by_pow2`] where some lanes' products may leave the normal range; `normal` marks
