@@ -83,10 +83,42 @@ pub fn check_memory(cfg: &RunConfig) -> Result<()> {
     Ok(())
 }
 
+/// Fails before anything runs when an output could not be written at the end: the results
+/// directory cannot be created, or the folder of `--out` or `--plot` does not exist. (Whether
+/// the file itself is writable is only known by writing it, which would clobber it early.)
+pub fn check_outputs(cfg: &RunConfig) -> Result<()> {
+    if let Some(dir) = &cfg.results_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HarnessError::msg(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    for (flag, path) in [("--out", &cfg.out), ("--plot", &cfg.plot)] {
+        let Some(path) = path else { continue };
+        if path.is_dir() {
+            return Err(HarnessError::msg(format!(
+                "{flag} {}: is a directory",
+                path.display()
+            )));
+        }
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => std::path::Path::new("."),
+        };
+        if !folder.is_dir() {
+            return Err(HarnessError::msg(format!(
+                "{flag} {}: no such directory {}",
+                path.display(),
+                folder.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Runs the configured suites: memory check, header, roofs, suites; then writes the report,
 /// plot and saved results.
 pub fn run(cfg: &RunConfig) -> Result<RunOutput> {
     check_memory(cfg)?;
+    check_outputs(cfg)?;
     let isa = cfg
         .isas
         .iter()

@@ -173,6 +173,13 @@ fn bad_input_is_a_clear_error() {
     assert!(e.contains("would need") && e.contains("GiB, have"), "{e}");
     let e = err(&["matmul", "--no-save", "--sizes", "1000000x1000000x1000000"]);
     assert!(e.contains("would need"), "{e}");
+    // Outputs that could not be written at the end are refused before anything runs.
+    let missing = "/nonexistent-bench-harness-dir/report.md";
+    let e = err(&["softmax", "--no-save", "--out", missing]);
+    assert!(e.contains("no such directory"), "{e}");
+    let dir = temp_dir("plot-is-dir");
+    let e = err(&["attention", "--no-save", "--plot", dir.to_str().unwrap()]);
+    assert!(e.contains("is a directory"), "{e}");
 }
 
 #[test]
