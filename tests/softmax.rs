@@ -1572,7 +1572,7 @@ fn check_batch_rows(exec: &Exec, got: &[f32], data: &[f32], row_len: usize, o: S
 fn pipelined_special_rows_at_task_boundaries() {
     let mut rng = rng(95);
     for row_len in [
-        1, 5, 7, 8, 9, 15, 16, 17, 33, 100, 112, 113, 300, 700, 1000, 1023, 1024,
+        1, 5, 7, 8, 9, 15, 16, 17, 24, 31, 32, 33, 100, 112, 113, 300, 700, 1000, 1023, 1024,
     ] {
         let rpt = rows_per_task(usize::MAX / 2 / row_len, row_len, 2);
         let rows = 2 * rpt + 3;
@@ -1629,6 +1629,7 @@ fn pipelined_causal_rows_sweeping_valid_lengths() {
         (12, 0, 40),
         (16, 5, 40),
         (20, 0, 40),
+        (40, 0, 45),
         // Rows short enough to go 16 at a time on AVX-512, each batch with its own lengths.
         (100, 0, 120),
         (112, 50, 70),

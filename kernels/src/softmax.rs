@@ -8,7 +8,7 @@
 //! `softmax_long_row`). The sum is accumulated in f32 over blocks of 8 vectors and in f64
 //! across blocks, so rows of any length sum to 1 within a few f32 ulps; rows shorter than 16
 //! vectors (and 256 floats) are summed in f32 throughout (`exp_short_row`: within 7.2e-7
-//! relative). Rows (or causally masked prefixes) of at most one vector are done one per lane,
+//! relative). Rows (or causally masked prefixes) of up to two vectors are done one per lane,
 //! a vector's width of rows at a time (`tiny_rows`: within 3e-7). Defined results for every
 //! input:
 //!
@@ -155,7 +155,7 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
             #[inline(always)]
             || {
                 let end = ((t + 1) * rows_per_task).min(rows);
-                if row_len <= lanes_of(s) {
+                if row_len <= tiny_limit(s) {
                     // SAFETY: rows t·rows_per_task .. end < rows belong to this task.
                     unsafe { tiny_rows(s, ptr, t * rows_per_task..end, row_len, opts) };
                     return;
@@ -232,7 +232,7 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                         if valid == 0 {
                             continue;
                         }
-                        if valid <= lanes_of(s) {
+                        if valid <= tiny_limit(s) {
                             tiny_row(s, row.src, row.dst, valid, opts.scale);
                             continue;
                         }
@@ -276,21 +276,34 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
     });
 }
 
-/// f32 lanes of `s`'s vectors (`S::LANES` where only the token is at hand).
+/// Vectors per row up to which rows go one per lane ([`tiny_rows`]).
+const TINY_VECTORS: usize = 2;
+
+/// The longest rows (and causal prefixes) [`tiny_rows`] takes on `s`'s path: two vectors,
+/// except on paths that batch short rows, whose batch does rows of exactly two vectors as
+/// fast. In-process against the previous limit of one vector (one thread, 1 MiB of in-place
+/// rows, calls alternating): AVX-512 0.54× the time at 17 floats, 0.61× at 24, 0.68× at 31,
+/// 1.0× at 32 (the batch either way); AVX2 0.20× at 9, 0.24× at 13, 0.74× at 16; portable
+/// 0.40× at 12, 0.91× at 16.
 #[inline(always)]
-fn lanes_of<S: Simd>(_: S) -> usize {
-    S::LANES
+fn tiny_limit<S: Simd>(s: S) -> usize {
+    if batches_short_rows(s) {
+        TINY_VECTORS * S::LANES - 1
+    } else {
+        TINY_VECTORS * S::LANES
+    }
 }
 
-/// Softmax of rows of at most one vector, one row per lane: `LANES` rows at a time are
-/// transposed (through a stack tile) so that each vector holds one column (element `j` of
-/// every row), and the max, the exponentials, the sum and the scaling are lane-wise vector
-/// operations, with no horizontal reduction at all. The one-row pipeline spends a vector per
-/// row, mostly masked off, and a reduction per pass on such rows: ~40 ns per row of 1–8
-/// floats on AVX-512, slower than a scalar loop. In-process against it (one thread, 1 MiB of
-/// in-place rows, calls alternating; `bench-harness softmax --row-lens 1,5,8,16` for
-/// absolute rates): 0.21× the time at 1 float, 0.22× at 3, 0.26× at 8, 0.34× at 15 and 0.82×
-/// at 16.
+/// Softmax of rows of at most [`tiny_limit`] floats (two vectors), one row per lane: `LANES`
+/// rows at a time are transposed (through a stack tile, a LANES × LANES block at a time) so
+/// that each vector holds one column (element `j` of every row), and the max, the
+/// exponentials, the sum and the scaling are lane-wise vector operations, with no horizontal
+/// reduction at all. The one-row pipeline spends a vector per row, mostly masked off, and a
+/// reduction per pass on such rows: ~40 ns per row of 1–8 floats on AVX-512, slower than a
+/// scalar loop. In-process against it (one thread, 1 MiB of in-place rows, calls alternating;
+/// `bench-harness softmax --row-lens 1,5,8,16` for absolute rates): 0.21× the time at 1
+/// float, 0.22× at 3, 0.26× at 8, 0.34× at 15 and 0.82× at 16; beyond one vector see
+/// [`tiny_limit`].
 ///
 /// Every lane's arithmetic is independent of the others, so a row's result does not depend
 /// on which rows share its group (or on the thread count). Its sum adds the columns into
@@ -298,8 +311,8 @@ fn lanes_of<S: Simd>(_: S) -> usize {
 /// exponent is `(x − max)·scale·log₂e` (the FOLDED form, as for any max).
 ///
 /// # Safety
-/// Rows `rows` lie inside both buffers (`row_len ≤ LANES ≤ 16` floats each) and nothing
-/// else accesses them during the call.
+/// Rows `rows` lie inside both buffers (`row_len ≤ 2·LANES`, LANES ≤ 16) and nothing else
+/// accesses them during the call.
 #[inline(always)]
 unsafe fn tiny_rows<S: Simd>(
     s: S,
@@ -309,23 +322,27 @@ unsafe fn tiny_rows<S: Simd>(
     opts: SoftmaxOptions,
 ) {
     const MAX_LANES: usize = 16;
+    const MAX_LEN: usize = TINY_VECTORS * MAX_LANES;
     let lanes = S::LANES;
-    debug_assert!(row_len <= lanes && lanes <= MAX_LANES);
+    debug_assert!(row_len <= TINY_VECTORS * lanes && lanes <= MAX_LANES);
+    let blocks = row_len.div_ceil(lanes);
     let (form, k, _) = exponent_form::<S>(opts.scale, 0.0, false);
     // The group's rows back to back, then −∞ past the last row: the transpose reads LANES
     // floats from every row start, `row_len` apart.
-    let mut input = [f32::NEG_INFINITY; MAX_LANES * MAX_LANES + MAX_LANES];
-    // Column j (element j of every row) at `j·LANES`, then the transposed result.
-    let mut cols = [0f32; MAX_LANES * MAX_LANES];
+    let mut input = [f32::NEG_INFINITY; MAX_LANES * MAX_LEN + MAX_LEN];
+    // Column j (element j of every row) at `j·LANES` (block b of LANES columns at b·LANES²),
+    // then the transposed result, block by block.
+    let mut cols = [0f32; MAX_LANES * MAX_LEN];
     let cols = cols.as_mut_ptr();
-    let mut out = [0f32; MAX_LANES * MAX_LANES];
+    let mut out = [0f32; MAX_LANES * MAX_LEN];
     let mut first = rows.start;
     while first < rows.end {
         let count = lanes.min(rows.end - first);
         let mut valid = [0usize; MAX_LANES];
         // SAFETY: rows first .. first + count lie inside the source buffer; `input` holds
-        // MAX_LANES² ≥ count·row_len floats. The transposes read `row_len·r + c < row_len·LANES
-        // + LANES` floats of `input` and write `LANES²` of `cols` and `out`.
+        // MAX_LANES·MAX_LEN ≥ count·row_len floats. Block b's transpose reads `row_len·r +
+        // b·LANES + c < row_len·LANES + blocks·LANES ≤ input.len()` floats of `input` and
+        // writes LANES² floats of `cols` from b·LANES², inside its blocks·LANES² floats.
         unsafe {
             // Vector copies (a `copy_nonoverlapping` of a run-time length is a call). What
             // lies past the group's rows is stale or −∞: it reaches only lanes or columns
@@ -344,12 +361,15 @@ unsafe fn tiny_rows<S: Simd>(
                 *v = valid_len(opts.mask, first + r, row_len);
                 input[r * row_len + *v..(r + 1) * row_len].fill(f32::NEG_INFINITY);
             }
-            s.transpose_block(input.as_ptr(), row_len, cols, lanes);
+            for b in 0..blocks {
+                let (from, to) = (input.as_ptr().add(b * lanes), cols.add(b * lanes * lanes));
+                s.transpose_block(from, row_len, to, lanes);
+            }
         }
         let col = |j: usize| cols.wrapping_add(j * lanes);
         let mut max = s.splat(f32::NEG_INFINITY);
         for j in 0..row_len {
-            // SAFETY: column j < row_len ≤ LANES of `cols`.
+            // SAFETY: column j < row_len ≤ 2·LANES of `cols` (2·LANES² floats).
             max = s.max(max, unsafe { s.load(col(j)) });
         }
         // Rows whose max is not finite (all −∞, +∞, NaN) are done element by element below;
@@ -367,7 +387,7 @@ unsafe fn tiny_rows<S: Simd>(
         ];
         let mut part = [s.zero(); 4];
         for j in 0..row_len {
-            // SAFETY: column j < row_len ≤ LANES of `cols`, read and then overwritten.
+            // SAFETY: column j < row_len ≤ 2·LANES of `cols` (2·LANES² floats). read and then overwritten.
             unsafe {
                 let x = s.load(col(j));
                 let e = s.exp2_nonpositive(match form {
@@ -387,22 +407,30 @@ unsafe fn tiny_rows<S: Simd>(
                 s.store(col(j), w);
             }
         }
-        // SAFETY: `cols` and `out` hold LANES² floats each and do not overlap.
-        unsafe { s.transpose_block(cols, lanes, out.as_mut_ptr(), lanes) };
+        for b in 0..blocks {
+            let at = b * lanes * lanes;
+            // SAFETY: block b of `cols` and of `out` (LANES² floats from b·LANES², inside
+            // both) do not overlap.
+            unsafe { s.transpose_block(cols.add(at), lanes, out.as_mut_ptr().add(at), lanes) };
+        }
         for r in 0..count {
             let dst = ptr.dst.wrapping_add((first + r) * row_len);
             let n = valid[r];
-            // SAFETY: row first + r spans `row_len ≤ LANES` writable floats; the source row
-            // was copied to `input` (in place, `dst` is the source), and `n ≤ row_len`.
+            // SAFETY: row first + r spans `row_len` writable floats; the source row was copied
+            // to `input` (in place, `dst` is the source), and `n ≤ row_len`. Row r's weights
+            // for columns b·LANES.. are at b·LANES² + r·LANES of `out`.
             unsafe {
                 if special[r] {
                     softmax_row_special(input.as_ptr().add(r * row_len), dst, n);
                 } else {
-                    let w = s.load(out.as_ptr().add(r * lanes));
-                    if n == lanes {
-                        s.store(dst, w);
-                    } else {
-                        s.store_partial(dst, n, w);
+                    for b in 0..n.div_ceil(lanes) {
+                        let w = s.load(out.as_ptr().add(b * lanes * lanes + r * lanes));
+                        let (to, left) = (dst.add(b * lanes), n - b * lanes);
+                        if left >= lanes {
+                            s.store(to, w);
+                        } else {
+                            s.store_partial(to, left, w);
+                        }
                     }
                 }
                 // (Computed as 2^−∞·(1/sum) = +0, the masked weights are NaN in a row with a
@@ -416,7 +444,7 @@ unsafe fn tiny_rows<S: Simd>(
     }
 }
 
-/// Softmax of one row of `n ≤ LANES` floats with [`tiny_rows`]' arithmetic, so that a short
+/// Softmax of one row of `n ≤` [`tiny_limit`] floats with [`tiny_rows`]' arithmetic, so that a short
 /// row gives the same bits whether it is a whole row, a causally masked prefix of a longer
 /// one, or one of a group.
 ///
@@ -495,7 +523,7 @@ unsafe fn short_rows_batch<S: Simd>(
             if n == 0 {
                 continue;
             }
-            if n <= S::LANES {
+            if n <= tiny_limit(s) {
                 tiny_row(s, row.src, row.dst, n, opts.scale);
                 continue;
             }
