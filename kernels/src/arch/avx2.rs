@@ -40,6 +40,35 @@ fn tail_mask(n: usize) -> __m256i {
     ))
 }
 
+/// The first `n < 8` lanes of `v` stored at `p` as plain stores of 4, 2 and 1 floats (see
+/// `Simd::store_prefix`).
+///
+/// # Safety
+/// `p .. p + n` must be writable, and the CPU must have AVX.
+#[inline(always)]
+pub(super) unsafe fn store_prefix8(v: __m256, p: *mut f32, n: usize) {
+    debug_assert!(n < 8);
+    // SAFETY: each store writes floats below `n`, which the caller vouches for; AVX is the
+    // caller's promise.
+    unsafe {
+        let (mut p, mut n) = (p, n);
+        let mut x = _mm256_castps256_ps128(v);
+        if n >= 4 {
+            _mm_storeu_ps(p, x);
+            x = _mm256_extractf128_ps::<1>(v);
+            (p, n) = (p.add(4), n - 4);
+        }
+        if n >= 2 {
+            _mm_store_sd(p as *mut f64, _mm_castps_pd(x));
+            x = _mm_movehl_ps(x, x);
+            (p, n) = (p.add(2), n - 2);
+        }
+        if n == 1 {
+            _mm_store_ss(p, x);
+        }
+    }
+}
+
 /// `p · 2^n` for integral `n ∈ [−151, 129]`, with 2^n split into two normal factors so that only
 /// the last multiply rounds, also into the subnormal range.
 #[inline(always)]
@@ -152,6 +181,11 @@ impl Simd for Avx2 {
         // are writable.
         unsafe { _mm256_maskstore_ps(p, tail_mask(n), v) }
     }
+    #[inline(always)]
+    unsafe fn store_prefix(self, p: *mut f32, n: usize, v: __m256) {
+        // SAFETY: forwarded.
+        unsafe { store_prefix8(v, p, n) }
+    }
 
     #[inline(always)]
     fn fmadd(self, a: __m256, b: __m256, c: __m256) -> __m256 {
@@ -164,6 +198,10 @@ impl Simd for Avx2 {
     #[inline(always)]
     fn mul(self, a: __m256, b: __m256) -> __m256 {
         v!(_mm256_mul_ps(a, b))
+    }
+    #[inline(always)]
+    fn keep_first(self, v: __m256, n: usize) -> __m256 {
+        v!(_mm256_and_ps(v, _mm256_castsi256_ps(tail_mask(n))))
     }
     #[inline(always)]
     fn div(self, a: __m256, b: __m256) -> __m256 {

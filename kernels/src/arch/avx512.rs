@@ -110,6 +110,21 @@ impl Simd for Avx512 {
         // are writable.
         unsafe { _mm512_mask_storeu_ps(p, tail_mask(n), v) }
     }
+    #[inline(always)]
+    unsafe fn store_prefix(self, p: *mut f32, n: usize, v: __m512) {
+        debug_assert!(n < 16);
+        // SAFETY: each store writes floats below `n`, which the caller vouches for.
+        unsafe {
+            let (mut p, mut n) = (p, n);
+            let mut y = _mm512_castps512_ps256(v);
+            if n >= 8 {
+                _mm256_storeu_ps(p, y);
+                y = _mm512_extractf32x8_ps::<1>(v);
+                (p, n) = (p.add(8), n - 8);
+            }
+            super::avx2::store_prefix8(y, p, n);
+        }
+    }
 
     #[inline(always)]
     fn fmadd(self, a: __m512, b: __m512, c: __m512) -> __m512 {
@@ -122,6 +137,10 @@ impl Simd for Avx512 {
     #[inline(always)]
     fn mul(self, a: __m512, b: __m512) -> __m512 {
         v!(_mm512_mul_ps(a, b))
+    }
+    #[inline(always)]
+    fn keep_first(self, v: __m512, n: usize) -> __m512 {
+        v!(_mm512_maskz_mov_ps(tail_mask(n), v))
     }
     #[inline(always)]
     fn div(self, a: __m512, b: __m512) -> __m512 {

@@ -129,6 +129,12 @@ impl Simd for Portable {
         a * b
     }
     #[inline(always)]
+    fn keep_first(self, v: f32x8, n: usize) -> f32x8 {
+        let mut lanes = v.to_array();
+        lanes[n..].fill(0.0);
+        f32x8::from(lanes)
+    }
+    #[inline(always)]
     fn div(self, a: f32x8, b: f32x8) -> f32x8 {
         a / b
     }

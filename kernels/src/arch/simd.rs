@@ -62,6 +62,19 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     /// # Safety
     /// `p .. p + n` must be writable.
     unsafe fn store_partial(self, p: *mut f32, n: usize, v: Self::V);
+    /// [`store_partial`](Self::store_partial) as plain stores of 8, 4, 2 and 1 floats (as `n`
+    /// needs), no masked store: a later load that overlaps a masked store's whole vector,
+    /// masked-off lanes included, cannot take its data from the store and waits until it
+    /// reaches the cache, so data that is reloaded soon after (in-place rows stored back to
+    /// back) is stored this way.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be writable.
+    #[inline(always)]
+    unsafe fn store_prefix(self, p: *mut f32, n: usize, v: Self::V) {
+        // SAFETY: forwarded.
+        unsafe { self.store_partial(p, n, v) }
+    }
 
     /// Whether [`fmadd`](Self::fmadd) rounds once (no default: a path must say).
     const FUSED_MULTIPLY_ADD: bool;
@@ -72,6 +85,8 @@ pub(crate) trait Simd: Copy + Send + Sync + 'static {
     fn add(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b`.
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `v` with lanes `n..` set to +0 (`n < LANES`).
+    fn keep_first(self, v: Self::V, n: usize) -> Self::V;
     /// `a / b`, correctly rounded (as a scalar division is).
     fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// Lane-wise maximum. Where exactly one operand is NaN the result is `b`'s lane
