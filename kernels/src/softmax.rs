@@ -8,7 +8,8 @@
 //! `softmax_long_row`). The sum is accumulated in f32 over blocks of 8 vectors and in f64
 //! across blocks, so rows of any length sum to 1 within a few f32 ulps; rows shorter than 16
 //! vectors (and 256 floats) are summed in f32 throughout (`exp_short_row`: within 7.2e-7
-//! relative). Rows (or causally masked prefixes) of up to two vectors are done one per lane,
+//! relative). Rows (or causally masked prefixes) of up to 1½ vectors (two on paths without
+//! the 16-row batch) are done one per lane,
 //! a vector's width of rows at a time (`tiny_rows`: within 3e-7). Defined results for every
 //! input:
 //!
@@ -280,15 +281,16 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
 const TINY_VECTORS: usize = 2;
 
 /// The longest rows (and causal prefixes) [`tiny_rows`] takes on `s`'s path: two vectors,
-/// except on paths that batch short rows, whose batch does rows of exactly two vectors as
-/// fast. In-process against the previous limit of one vector (one thread, 1 MiB of in-place
-/// rows, calls alternating): AVX-512 0.54× the time at 17 floats, 0.61× at 24, 0.68× at 31,
-/// 1.0× at 32 (the batch either way); AVX2 0.20× at 9, 0.24× at 13, 0.74× at 16; portable
-/// 0.40× at 12, 0.91× at 16.
+/// except on paths that batch short rows, where the batch catches up from a vector and a
+/// half. In-process against a limit of one vector (one thread, 1 MiB of in-place rows, calls
+/// alternating, tails stored as [`store_tail`] does): AVX-512 0.83× the time at 17 floats,
+/// 0.79× at 20, 0.90× at 22, 0.94× at 24, then 0.98× at 26, 0.99× at 28 and 1.03× at 31
+/// (left to the batch); AVX2 0.67× at 9, 0.57× at 13, 0.74× at 16; portable 0.55× at 12,
+/// 0.89× at 16.
 #[inline(always)]
 fn tiny_limit<S: Simd>(s: S) -> usize {
     if batches_short_rows(s) {
-        TINY_VECTORS * S::LANES - 1
+        S::LANES + S::LANES / 2
     } else {
         TINY_VECTORS * S::LANES
     }
