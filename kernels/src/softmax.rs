@@ -9,9 +9,8 @@
 //! across blocks, so rows of any length sum to 1 within a few f32 ulps; rows shorter than 16
 //! vectors (and 256 floats) are summed in f32 throughout (`exp_short_row`: within 7.2e-7
 //! relative). Rows (or causally masked prefixes) of up to 1½ vectors (two on paths without
-//! the 16-row batch) are done one per lane,
-//! a vector's width of rows at a time (`tiny_rows`: within 3e-7). Defined results for every
-//! input:
+//! the 16-row batch) are done one per lane, a vector's width of rows at a time (`tiny_rows`:
+//! within 3e-7). Defined results for every input:
 //!
 //! | row contains | result |
 //! |---|---|
