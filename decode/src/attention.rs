@@ -144,7 +144,6 @@ impl DecodeScratch {
 
     /// Scratch sized for `threads` threads and the default split policy.
     pub fn for_threads(heads: HeadConfig, threads: usize) -> Result<Self> {
-        heads.validate()?;
         Self::new(heads, default_max_splits(&heads, threads))
     }
 
@@ -173,7 +172,8 @@ pub const MAX_SPLITS: usize = 1024;
 
 fn default_max_splits(heads: &HeadConfig, threads: usize) -> usize {
     // Enough (KV head, split) items for two per thread.
-    // (`max(1)` keeps an unvalidated config from dividing by zero; callers validate.)
+    // (`max(1)`: an unvalidated config must not divide by zero; `DecodeScratch::new`
+    // validates it after.)
     threads
         .saturating_mul(2)
         .div_ceil(heads.kv_heads.max(1))

@@ -75,6 +75,15 @@ pub fn estimate_bytes(shape: &AttnShape, seq_len: usize) -> usize {
 }
 const DECODE_SLACK: usize = 64;
 
+/// Floats in a `rows × width` buffer, or an error when the product overflows.
+fn buffer_len(rows: usize, width: usize) -> Result<usize> {
+    rows.checked_mul(width).ok_or_else(|| {
+        DecodeError::InvalidConfig(format!(
+            "a buffer of {rows} × {width} floats overflows usize"
+        ))
+    })
+}
+
 fn random(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -239,12 +248,7 @@ impl PrefillBench {
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
         );
-        let tokens = |width: usize| {
-            chunk.checked_mul(width).ok_or_else(|| {
-                DecodeError::InvalidConfig(format!("a chunk of {chunk} × {width} floats overflows"))
-            })
-        };
-        let (q_len, kv_len) = (tokens(qn)?, tokens(kn)?);
+        let (q_len, kv_len) = (buffer_len(chunk, qn)?, buffer_len(chunk, kn)?);
         let mut cache = KvCache::new(shape.cache_config(total))?;
         if context > 0 {
             let (k, v) = (
@@ -319,24 +323,17 @@ impl RecomputeBench {
             shape.heads * shape.head_dim,
             shape.kv_heads * shape.head_dim,
         );
-        let len = |a: usize, b: usize| {
-            a.checked_mul(b).ok_or_else(|| {
-                DecodeError::InvalidConfig(format!(
-                    "recompute buffers of {a} × {b} floats overflow usize"
-                ))
-            })
-        };
         let rows = context.saturating_add(1);
         Ok(Self {
             bench,
             d_model,
             context,
-            xs: random(&mut rng, len(rows, d_model)?),
-            w_q: random(&mut rng, len(d_model, qn)?),
-            w_k: random(&mut rng, len(d_model, kn)?),
-            w_v: random(&mut rng, len(d_model, kn)?),
-            keys: vec![0.0; len(rows, kn)?],
-            values: vec![0.0; len(rows, kn)?],
+            xs: random(&mut rng, buffer_len(rows, d_model)?),
+            w_q: random(&mut rng, buffer_len(d_model, qn)?),
+            w_k: random(&mut rng, buffer_len(d_model, kn)?),
+            w_v: random(&mut rng, buffer_len(d_model, kn)?),
+            keys: vec![0.0; buffer_len(rows, kn)?],
+            values: vec![0.0; buffer_len(rows, kn)?],
             scores: vec![0.0; rows],
             ws: GemmWorkspace::new(),
         })
