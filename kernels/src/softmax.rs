@@ -225,15 +225,7 @@ fn run_rows(exec: &Exec, ptr: RowPtrs, rows: usize, row_len: usize, opts: Softma
                         }
                         scale_in_place(s, pending.dst, pending.n, pending.factor);
                         pending = Pending::NONE;
-                        if valid < row_len {
-                            // (A call even for 0 bytes: 9% of a 64-float row's time.)
-                            std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
-                        }
-                        if valid == 0 {
-                            continue;
-                        }
-                        if valid <= tiny_limit(s) {
-                            tiny_row(s, row.src, row.dst, valid, opts.scale);
+                        if finish_without_weights(s, row, valid, row_len, opts.scale) {
                             continue;
                         }
                         if long {
@@ -282,7 +274,7 @@ const TINY_VECTORS: usize = 2;
 /// The longest rows (and causal prefixes) [`tiny_rows`] takes on `s`'s path: two vectors,
 /// except on paths that batch short rows, where the batch catches up from a vector and a
 /// half. In-process against a limit of one vector (one thread, 1 MiB of in-place rows, calls
-/// alternating, tails stored as [`store_tail`] does): AVX-512 0.83× the time at 17 floats,
+/// alternating, tails stored as [`tail_weights`] says): AVX-512 0.83× the time at 17 floats,
 /// 0.79× at 20, 0.90× at 22, 0.94× at 24, then 0.98× at 26, 0.99× at 28 and 1.03× at 31
 /// (left to the batch); AVX2 0.67× at 9, 0.57× at 13, 0.74× at 16; portable 0.55× at 12,
 /// 0.89× at 16.
@@ -388,7 +380,8 @@ unsafe fn tiny_rows<S: Simd>(
         ];
         let mut part = [s.zero(); 4];
         for j in 0..row_len {
-            // SAFETY: column j < row_len ≤ 2·LANES of `cols` (2·LANES² floats). read and then overwritten.
+            // SAFETY: column j < row_len ≤ 2·LANES of `cols` (2·LANES² floats), read and then
+            // overwritten.
             unsafe {
                 let x = s.load(col(j));
                 let e = s.exp2_nonpositive(match form {
@@ -445,9 +438,40 @@ unsafe fn tiny_rows<S: Simd>(
     }
 }
 
-/// Softmax of one row of `n ≤` [`tiny_limit`] floats with [`tiny_rows`]' arithmetic, so that a short
-/// row gives the same bits whether it is a whole row, a causally masked prefix of a longer
-/// one, or one of a group.
+/// Zeroes a row's masked tail (floats `valid..row_len`) and does the whole row when it needs
+/// no pass of weights: empty, or short enough for [`tiny_row`]. Whether the row is done.
+///
+/// # Safety
+/// `row` spans `row_len` floats of both buffers, `valid ≤ row_len`, and nothing else accesses
+/// them during the call.
+#[inline(always)]
+unsafe fn finish_without_weights<S: Simd>(
+    s: S,
+    row: RowPtrs,
+    valid: usize,
+    row_len: usize,
+    scale: f32,
+) -> bool {
+    // SAFETY: as the caller vouches.
+    unsafe {
+        if valid < row_len {
+            // (A call even for 0 bytes: 9% of a 64-float row's time.)
+            std::ptr::write_bytes(row.dst.add(valid), 0, row_len - valid);
+        }
+        if valid == 0 {
+            return true;
+        }
+        if valid <= tiny_limit(s) {
+            tiny_row(s, row.src, row.dst, valid, scale);
+            return true;
+        }
+    }
+    false
+}
+
+/// Softmax of one row of `n ≤` [`tiny_limit`] floats with [`tiny_rows`]' arithmetic, so
+/// that a short row gives the same bits whether it is a whole row, a causally masked prefix
+/// of a longer one, or one of a group.
 ///
 /// # Safety
 /// `src .. src + n` readable, `dst .. dst + n` writable (they may be equal), nothing else
@@ -518,14 +542,7 @@ unsafe fn short_rows_batch<S: Simd>(
         let (row, n) = (rows[r], valid[r]);
         // SAFETY: as above; the row's floats past `n` are inside its `row_len`.
         unsafe {
-            if n < row_len {
-                std::ptr::write_bytes(row.dst.add(n), 0, row_len - n);
-            }
-            if n == 0 {
-                continue;
-            }
-            if n <= tiny_limit(s) {
-                tiny_row(s, row.src, row.dst, n, opts.scale);
+            if finish_without_weights(s, row, n, row_len, opts.scale) {
                 continue;
             }
             if !max[r].is_finite() {
@@ -1041,6 +1058,14 @@ unsafe fn weights_at<S: Simd, const FORM: ExponentForm>(
 /// floats, 0.44× at 20 and 33, 0.62× at 100, 0.70× at 129, 0.93× at 1001 (AVX-512, whose
 /// scaling has no slow path, unchanged).
 ///
+/// Tails here and in [`scale_in_place`] are stored with plain stores
+/// ([`Simd::store_prefix`]): the next row, stored right after this one in place, is loaded
+/// soon after, and its first vector overlaps a masked store's masked-off lanes, which made
+/// every load of it wait for the store to reach L1. In-process against masked stores
+/// (AVX-512, one thread, 1 MiB of in-place rows): 0.74–0.80× the time at 33 floats,
+/// 0.76–0.83× at 40, 0.88× at 65, 0.86–0.93× at 100, 0.89–0.97× at 200; rows of whole vectors
+/// are unchanged. ([`tiny_rows`] keeps masked stores: there they measured faster.)
+///
 /// # Safety
 /// `src + full .. src + n` readable, `dst + full .. dst + n` writable.
 #[inline(always)]
@@ -1057,25 +1082,9 @@ unsafe fn tail_weights<S: Simd, const FORM: ExponentForm>(
         let tail = n - full;
         let x = s.load_partial_or(src.add(full), tail, s.splat(*src.add(full)));
         let e = s.keep_first(s.exp2_nonpositive(exponent::<S, FORM>(s, x, k)), tail);
-        store_tail(s, dst.add(full), tail, e);
+        s.store_prefix(dst.add(full), tail, e);
         e
     }
-}
-
-/// Stores a row's last `n < LANES` weights with plain stores ([`Simd::store_prefix`]): the
-/// next row, stored right after this one in place, is loaded soon after, and its first
-/// vector overlaps a masked store's masked-off lanes, which made every load of it wait for
-/// the store to reach L1. In-process against masked stores (AVX-512, one thread, 1 MiB of
-/// in-place rows): 0.74–0.80× the time at 33 floats, 0.76–0.83× at 40, 0.88× at 65,
-/// 0.86–0.93× at 100, 0.89–0.97× at 200; rows of whole vectors are unchanged. (The
-/// one-row-per-lane path keeps masked stores: there they measured faster.)
-///
-/// # Safety
-/// `p .. p + n` writable.
-#[inline(always)]
-unsafe fn store_tail<S: Simd>(s: S, p: *mut f32, n: usize, v: S::V) {
-    // SAFETY: forwarded.
-    unsafe { s.store_prefix(p, n, v) }
 }
 
 /// What [`exp_shifted_sum_with`] does with the `next` block while it exponentiates.
@@ -1192,7 +1201,8 @@ pub(crate) unsafe fn scale_in_place<S: Simd>(s: S, dst: *mut f32, n: usize, fact
         }
         if full < n {
             let v = s.mul(s.load_partial(dst.add(full), n - full), f);
-            store_tail(s, dst.add(full), n - full, v);
+            // (Plain stores: see `tail_weights`.)
+            s.store_prefix(dst.add(full), n - full, v);
         }
     }
 }

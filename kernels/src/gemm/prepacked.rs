@@ -443,9 +443,9 @@ const WHOLE_B_MAX_BYTES: usize = 32 << 20;
 /// (1536×4000×100, 1600×1000×64), against 0.91–0.93× at k = 300 and 600 (1536×4000×k), and
 /// 0.84–0.86× for tall products with few columns (4096×64×4096, 2048×32×2048). (8192×128×128
 /// measured 0.93× too, but its k fits one block, so the rule leaves it to the blocked nest: a
-/// finer rule would need more shapes measured.) Not on the portable path, whose arithmetic is slow enough that C's reloads
-/// cost little: there it measured 1.04–1.06× the blocked nest's time at 1536×2048×2048 and
-/// 2048³, where AVX2 measured 0.93–0.95×.
+/// finer rule would need more shapes measured.) Not on the portable path, whose arithmetic
+/// is slow enough that C's reloads cost little: there it measured 1.04–1.06× the blocked
+/// nest's time at 1536×2048×2048 and 2048³, where AVX2 measured 0.93–0.95×.
 pub(crate) fn whole_b_applies(isa: Isa, blk: &Blocking, m: usize, n: usize, k: usize) -> bool {
     let nr = blk.nv * isa.f32_lanes();
     isa != Isa::Portable
